@@ -1,0 +1,1 @@
+"""cnn_jax: convolutional networks in JAX/Flax."""

@@ -1,0 +1,92 @@
+"""What main.py runs: multi-host set-up, then train, eval or summary."""
+
+import json
+import logging as py_logging
+import os
+
+import jax
+import ml_collections
+from absl import logging
+
+from cnn_jax.errors import UserError
+
+__all__ = ['UserError', 'run']
+
+
+class _OwnInfoOnly(py_logging.Filter):
+  """Keeps INFO lines of this project and every library's warnings and errors.
+
+  Orbax, JAX and tfds log dozens of INFO lines per checkpoint or compile; they drown the run.
+  """
+
+  _package = os.path.dirname(os.path.abspath(__file__))
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.levelno >= py_logging.WARNING:
+      return True
+    return record.pathname.startswith(self._package) or record.pathname.endswith('main.py')
+
+
+def quiet_libraries() -> None:
+  logging.get_absl_handler().addFilter(_OwnInfoOnly())
+
+
+def _initialize_distributed(
+  coordinator_address: str | None,
+  num_processes: int | None,
+  process_id: int | None,
+  distributed: bool,
+) -> None:
+  if coordinator_address is None and not distributed:
+    return
+  # CPU hosts (and tests standing in for hosts) need a collectives backend; GPU/TPU ignore this.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if coordinator_address is None:
+    jax.distributed.initialize()  # TPU pods, SLURM, ...: JAX reads the cluster
+  else:
+    if num_processes is None or process_id is None:
+      raise UserError('--coordinator_address needs --num_processes and --process_id too')
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
+  logging.info('Process %d of %d.', jax.process_index(), jax.process_count())
+
+
+def summary(config: ml_collections.ConfigDict) -> str:
+  """The per-layer table of config's model at config's input size."""
+  from cnn_jax import data, summary, train
+
+  num_classes = config.model.num_classes
+  if num_classes <= 0:
+    spec = data.DATASETS.get(config.dataset)
+    num_classes = spec.num_classes if spec else data.load(config.dataset).num_classes
+  model = train.create_model(config, num_classes)
+  train.check_input_size(model, config)
+  return summary.format_table(summary.summarize(model, train.input_shape(config)))
+
+
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str | None,
+  mode: str,
+  *,
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  distributed: bool = False,
+) -> None:
+  quiet_libraries()
+  if mode == 'summary':
+    print(summary(config))
+    return
+  if not workdir:
+    raise UserError(f'--mode={mode} needs --workdir (the folder for checkpoints and logs)')
+  _initialize_distributed(coordinator_address, num_processes, process_id, distributed)
+  from cnn_jax import train
+
+  if mode == 'train':
+    result = train.train_and_evaluate(config, workdir)
+  else:
+    result = train.restore_and_evaluate(config, workdir)
+  if result is not None and jax.process_index() == 0:
+    print(json.dumps(result, indent=2))

@@ -1,0 +1,43 @@
+"""Metrics to TensorBoard event files and to `metrics.jsonl`, from the primary host only."""
+
+import json
+import os
+from typing import Any
+
+from flax.metrics import tensorboard
+
+
+class MetricWriter:
+  """One row per (step, split): {'step': ..., 'split': 'train'|'test', name: value, ...}."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    if not enabled:
+      return
+    # Rows written after the checkpoint we resume from belong to a run that never finished:
+    # drop them so the file reads as one uninterrupted run.
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        rows = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
+      with open(self.path, 'w') as f:
+        f.writelines(rows)
+    self._tb = {
+      split: tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard', split))
+      for split in ('train', 'test')
+    }
+
+  def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    row = {'step': int(step), 'split': split, **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    for name, value in metrics.items():
+      self._tb[split].scalar(name, float(value), int(step))
+    self._tb[split].flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      for w in self._tb.values():
+        w.close()

@@ -1,0 +1,60 @@
+"""Model registry: `create('resnet50', num_classes=10)`, `list_models('resnet*')`."""
+
+import fnmatch
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+
+from cnn_jax.errors import UserError, close_matches
+from cnn_jax.models.lenet import LeNet5
+from cnn_jax.models.resnet import ResNet, plain, resnet, resnet_tiny
+
+# name -> constructor; keyword arguments of `create` go to the constructor (module fields).
+_MODELS: dict[str, Callable[..., nn.Module]] = {
+  'lenet5': LeNet5,
+  # ImageNet ResNets, torchvision v1.5 layout (224x224 inputs, 1000 classes).
+  'resnet18': partial(resnet, 18),
+  'resnet34': partial(resnet, 34),
+  'resnet50': partial(resnet, 50),
+  'resnet101': partial(resnet, 101),
+  'resnet152': partial(resnet, 152),
+  # CIFAR ResNets of He et al. 2016, Section 4.2 (32x32 inputs, 10 classes, shortcut option A).
+  'resnet20': partial(resnet, 20),
+  'resnet32': partial(resnet, 32),
+  'resnet44': partial(resnet, 44),
+  'resnet56': partial(resnet, 56),
+  'resnet110': partial(resnet, 110),
+  # Plain twins (no shortcuts) for the degradation experiment.
+  'plain18': partial(plain, 18),
+  'plain34': partial(plain, 34),
+  'plain50': partial(plain, 50),
+  'plain101': partial(plain, 101),
+  'plain152': partial(plain, 152),
+  'plain20': partial(plain, 20),
+  'plain32': partial(plain, 32),
+  'plain44': partial(plain, 44),
+  'plain56': partial(plain, 56),
+  'plain110': partial(plain, 110),
+  # Tiny variants for tests.
+  'resnet_tiny': resnet_tiny,
+}
+
+
+def create(name: str, **kwargs: Any) -> nn.Module:
+  """The registered model `name`, with module fields overridden by `kwargs`."""
+  if name not in _MODELS:
+    raise UserError(
+      f"unknown model '{name}'; closest registered names: {close_matches(name, _MODELS) or 'none'}"
+      '; see cnn_jax.models.list_models()'
+    )
+  return _MODELS[name](**kwargs)
+
+
+def list_models(pattern: str = '*') -> list[str]:
+  """Registered model names matching the fnmatch `pattern`, sorted."""
+  return sorted(fnmatch.filter(_MODELS, pattern))
+
+
+__all__ = ['LeNet5', 'ResNet', 'create', 'list_models', 'plain', 'resnet', 'resnet_tiny']

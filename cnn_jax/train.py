@@ -1,0 +1,402 @@
+"""Supervised classification: the train state, the per-device steps and the train/eval loops."""
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax import lax
+
+from cnn_jax import data as data_lib
+from cnn_jax import models, optim, parallel
+from cnn_jax.checkpoint import Checkpointer
+from cnn_jax.errors import UserError
+from cnn_jax.logs import MetricWriter
+from cnn_jax.parallel import AXIS
+
+PyTree = Any
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  rng: jax.Array
+
+
+def cross_entropy(
+  logits: jax.Array, labels: jax.Array, num_classes: int, label_smoothing: float = 0.0
+) -> jax.Array:
+  """Per-example softmax cross-entropy against (optionally smoothed) one-hot labels.
+
+  Label smoothing as in Szegedy et al. 2016 ("Rethinking the Inception Architecture"): the target
+  puts 1 - eps on the true class and eps / num_classes on every class.
+  """
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  model: flax.linen.Module,
+  tx: optax.GradientTransformation,
+  num_classes: int,
+  label_smoothing: float,
+) -> tuple[TrainState, Metrics]:
+  """One SGD step on this device's share of the batch; gradients averaged over AXIS."""
+  rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
+
+  def loss_fn(params):
+    logits, updates = model.apply(
+      {'params': params, 'batch_stats': state.batch_stats},
+      batch['image'],
+      train=True,
+      mutable=['batch_stats'],
+      rngs={'dropout': rng},
+    )
+    loss = cross_entropy(logits, batch['label'], num_classes, label_smoothing).mean()
+    return loss, (logits, updates.get('batch_stats', {}))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  # Every device holds the same number of examples, so the mean of the per-device mean
+  # gradients is the gradient of the global batch's mean loss.
+  grads = lax.pmean(grads, AXIS)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  correct = jnp.sum(jnp.argmax(logits, -1) == batch['label'])
+  metrics = {
+    'loss': lax.pmean(loss, AXIS),
+    'accuracy': lax.psum(correct, AXIS) / lax.psum(batch['label'].shape[0], AXIS),
+    'grad_norm': optax.global_norm(grads),
+  }
+  # BatchNorm statistics are already the same on every device: the norm layers average their
+  # batch moments over AXIS (norm_axis_name).
+  new_state = state.replace(
+    step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+  )
+  return new_state, metrics
+
+
+def eval_step(
+  state: TrainState, batch: dict[str, jax.Array], *, model: flax.linen.Module, num_classes: int
+) -> Metrics:
+  """Sums over this batch (padding masked out), summed over devices."""
+  logits = model.apply(
+    {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], train=False
+  )
+  mask = batch['mask']
+  loss = cross_entropy(logits, batch['label'], num_classes)
+  correct = jnp.argmax(logits, -1) == batch['label']
+  sums = {'loss': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask), 'count': jnp.sum(mask)}
+  return lax.psum(sums, AXIS)
+
+
+def fingerprint(params: PyTree, batch_stats: PyTree) -> str:
+  """SHA-256 of every parameter and BatchNorm statistic, with its name, in a fixed order."""
+  h = hashlib.sha256()
+  tree = {'params': params, 'batch_stats': batch_stats}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return h.hexdigest()
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything a run needs, built and checked before anything slow starts."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  data: data_lib.Dataset
+  model: flax.linen.Module
+  num_classes: int
+  steps_per_epoch: int
+  num_steps: int
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  runner: Any
+
+
+def _check_workdir(workdir: str) -> None:
+  if not workdir:
+    raise UserError('--workdir is required: the folder for checkpoints, logs and summary.json')
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f'--workdir={workdir} is a file, not a folder; pass a folder path')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'--workdir={workdir} cannot be created ({e.strerror}); pick another') from e
+  if not os.access(workdir, os.W_OK):
+    raise UserError(f'--workdir={workdir} is not writable; pick another folder')
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> flax.linen.Module:
+  """The registry model named by config.model.name; other config.model fields are kwargs."""
+  kwargs = {k: v for k, v in config.model.items() if k not in ('name', 'num_classes')}
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  return models.create(
+    config.model.name, num_classes=num_classes, dtype=dtype, norm_axis_name=AXIS, **kwargs
+  )
+
+
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  return (config.image_size, config.image_size, config.image_channels)
+
+
+def check_input_size(model: flax.linen.Module, config: ml_collections.ConfigDict) -> None:
+  """Traces the model on the configured input shape (no compute) and explains a failure."""
+  shape = input_shape(config)
+  try:
+    jax.eval_shape(
+      functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, *shape))
+    )
+  except (TypeError, ValueError) as e:
+    raise UserError(
+      f"model '{config.model.name}' cannot take {shape[0]}x{shape[1]}x{shape[2]} images "
+      f'({str(e).splitlines()[0][:200]}); set --config.image_size to a size it accepts'
+    ) from e
+
+
+def build(
+  config: ml_collections.ConfigDict, workdir: str, devices: list[jax.Device] | None = None
+) -> Experiment:
+  """Checks the config, workdir and data, and builds model, optimizer and runner.
+
+  `devices`: the devices to run on (default: all devices of all hosts).
+  """
+  _check_workdir(workdir)
+  runner = parallel.create_runner(config.parallel, devices)
+  parallel.check_batch_size('config.batch_size', config.batch_size, runner.num_devices)
+  parallel.check_batch_size('config.eval_batch_size', config.eval_batch_size, runner.num_devices)
+  data = data_lib.load(config.dataset, config.data_dir or None)
+  num_classes = config.model.num_classes
+  if num_classes <= 0:
+    num_classes = data.num_classes
+  elif num_classes != data.num_classes:
+    raise UserError(
+      f"config.model.num_classes={num_classes} but dataset '{config.dataset}' has "
+      f'{data.num_classes} classes; set it to {data.num_classes} (or -1: take it from the data)'
+    )
+  model = create_model(config, num_classes)
+  check_input_size(model, config)
+  steps_per_epoch = max(len(data.train) // config.batch_size, 1)
+  if config.num_train_steps > 0:
+    num_steps = config.num_train_steps
+  else:
+    num_steps = math.ceil(config.num_epochs * steps_per_epoch)
+  schedule = optim.create_schedule(config.optimizer, num_steps, steps_per_epoch)
+  tx = optim.create_optimizer(config.optimizer, schedule)
+  return Experiment(
+    config, workdir, data, model, num_classes, steps_per_epoch, num_steps, schedule, tx, runner
+  )
+
+
+def initial_state(exp: Experiment) -> TrainState:
+  """A fresh state on the host, a pure function of config.seed."""
+  init_key, train_key = jax.random.split(jax.random.PRNGKey(exp.config.seed))
+  dummy = jnp.zeros((1, *input_shape(exp.config)), jnp.float32)
+  variables = jax.jit(functools.partial(exp.model.init, train=False))(init_key, dummy)
+  params = variables['params']
+  return jax.device_get(
+    TrainState(
+      step=jnp.array(0, jnp.int32),
+      params=params,
+      batch_stats=variables.get('batch_stats', {}),
+      opt_state=exp.tx.init(params),
+      rng=train_key,
+    )
+  )
+
+
+def evaluate(exp: Experiment, state: TrainState, eval_fn) -> dict[str, float]:
+  """Loss and accuracy over the whole eval split (each example counted once)."""
+  config = exp.config
+  totals = None
+  for batch in data_lib.eval_iterator(
+    exp.data,
+    global_batch=config.eval_batch_size,
+    image_size=config.image_size,
+    channels=config.image_channels,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  ):
+    sums = eval_fn(state, exp.runner.put_batch(batch))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = exp.runner.get_output(totals)
+  count = float(totals['count'])
+  return {'loss': float(totals['loss']) / count, 'accuracy': float(totals['correct']) / count}
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag that the loop checks between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+  def agreed(self) -> bool:
+    """True on every host if any host was asked to stop."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
+  bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+  if bad:
+    raise FloatingPointError(
+      f'non-finite {", ".join(bad)} at step {step}; the last checkpoint is kept intact. '
+      'Lower optimizer.lr or check the input data.'
+    )
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, devices: list[jax.Device] | None = None
+) -> dict[str, Any] | None:
+  """Trains (resuming from workdir's latest checkpoint), evaluates, writes summary.json.
+
+  Returns the summary, or None when stopped by SIGTERM (after saving a checkpoint).
+  """
+  from tqdm import tqdm
+
+  exp = build(config, workdir, devices)
+  primary = jax.process_index() == 0
+  start_time = time.time()
+  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
+  state = initial_state(exp)
+  start_step = ckpt.latest_step() or 0
+  if start_step:
+    state = ckpt.restore(state)
+    logging.info('Resuming from the checkpoint of step %d.', start_step)
+  if primary:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  writer = MetricWriter(workdir, enabled=primary, resume_step=start_step)
+  runner = exp.runner
+  state = runner.put_state(state)
+  step_fn = runner.compile(
+    functools.partial(
+      train_step,
+      model=exp.model,
+      tx=exp.tx,
+      num_classes=exp.num_classes,
+      label_smoothing=config.label_smoothing,
+    )
+  )
+  eval_fn = runner.compile_eval(
+    functools.partial(eval_step, model=exp.model, num_classes=exp.num_classes)
+  )
+  batches = data_lib.train_iterator(
+    exp.data,
+    seed=config.seed,
+    global_batch=config.batch_size,
+    start_step=start_step,
+    num_steps=exp.num_steps,
+    image_size=config.image_size,
+    channels=config.image_channels,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  logging.info(
+    'Training %s on %s: %d steps (%d per epoch), batch %d over %d device(s).',
+    config.model.name, config.dataset, exp.num_steps, exp.steps_per_epoch, config.batch_size,
+    runner.num_devices,
+  )
+  history, last_log, log_time = [], start_step, time.time()
+  bar = tqdm(
+    total=exp.num_steps, initial=start_step, unit='step', disable=not primary, dynamic_ncols=True
+  )
+  with _Preemption() as preemption:
+    for step in range(start_step + 1, exp.num_steps + 1):
+      state, metrics = step_fn(state, runner.put_batch(next(batches)))
+      history.append(metrics)  # device arrays: no host sync here
+      bar.update(1)
+      if step % config.log_every_steps == 0 or step == exp.num_steps:
+        summed = jax.tree.map(lambda *xs: float(np.mean(xs)), *runner.get_output(history))
+        _check_finite(step, summed)
+        now = time.time()
+        summed['images_per_sec'] = (step - last_log) * config.batch_size / (now - log_time)
+        summed['lr'] = float(exp.schedule(step - 1))
+        writer.write(step, 'train', summed)
+        bar.set_postfix(loss=f'{summed["loss"]:.3f}', img_s=f'{summed["images_per_sec"]:.0f}')
+        history, last_log, log_time = [], step, now
+      if config.eval_every_steps > 0 and step % config.eval_every_steps == 0:
+        writer.write(step, 'test', evaluate(exp, state, eval_fn))
+      if step % config.checkpoint_every_steps == 0 or step == exp.num_steps:
+        ckpt.save(step, runner.get_state(state))
+      # Agreeing across hosts costs a collective: only at logging steps when multi-host.
+      if (jax.process_count() == 1 or step % config.log_every_steps == 0) and preemption.agreed():
+        if step % config.checkpoint_every_steps:
+          ckpt.save(step, runner.get_state(state))
+        ckpt.close()
+        bar.close()
+        logging.warning('SIGTERM: saved step %d; rerun the same command to resume.', step)
+        return None
+  bar.close()
+  host_state = jax.device_get(runner.get_state(state))
+  final = evaluate(exp, state, eval_fn)
+  writer.write(exp.num_steps, 'test', final)
+  writer.close()
+  ckpt.close()
+  summary = {
+    'model': config.model.name,
+    'dataset': config.dataset,
+    'steps': exp.num_steps,
+    'resumed_from_step': start_step,
+    'test_accuracy': final['accuracy'],
+    'test_loss': final['loss'],
+    'wall_seconds': round(time.time() - start_time, 1),
+    'devices': runner.num_devices,
+    'processes': jax.process_count(),
+    'params_sha256': fingerprint(host_state.params, host_state.batch_stats),
+  }
+  if primary:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+  return summary
+
+
+def restore_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Evaluates the latest checkpoint in workdir."""
+  exp = build(config, workdir)
+  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
+  step = ckpt.latest_step()
+  if step is None:
+    raise UserError(f'no checkpoint in {workdir}/checkpoints; train first (--mode=train)')
+  state = exp.runner.put_state(ckpt.restore(initial_state(exp)))
+  eval_fn = exp.runner.compile_eval(
+    functools.partial(eval_step, model=exp.model, num_classes=exp.num_classes)
+  )
+  result = {'step': step, **evaluate(exp, state, eval_fn)}
+  ckpt.close()
+  return result

@@ -1,0 +1,56 @@
+"""ResNet. No argument: the offline default, a CIFAR-style ResNet-20 on `digits` at 32x32.
+
+  python main.py --config=configs/resnet.py --workdir=runs/resnet20_digits
+
+Variants (need the dataset prepared with tfds, see README):
+  --config=configs/resnet.py:cifar10       He et al. 2016, sec. 4.2: ResNet-20..110 on CIFAR-10
+  --config=configs/resnet.py:imagenet2012  ResNet-50, torchvision's reference recipe (90 epochs)
+Any field can be overridden, e.g. --config.model.name=resnet56 --config.optimizer.lr=0.05.
+
+Cost and result of the default: MEASURED_BELOW
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.model.name = 'resnet20'
+  if arg in (None, '', 'digits'):
+    # Sized for 2 CPU cores: 1,437 training images, 11 steps an epoch.
+    config.num_epochs = 10.0
+    config.optimizer.nesterov = True
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.warmup_epochs = 1.0
+    config.label_smoothing = 0.1
+    config.eval_every_steps = 55  # every 5 epochs
+    config.checkpoint_every_steps = 55
+  elif arg == 'cifar10':
+    # He et al. 2016, sec. 4.2: batch 128, lr 0.1 divided by 10 at 32k and 48k iterations,
+    # stop at 64k; weight decay 1e-4, momentum 0.9; 4-pixel pad, 32x32 crop, horizontal flip.
+    config.dataset = 'cifar10'
+    config.num_train_steps = 64_000
+    config.optimizer.schedule = 'step'
+    config.optimizer.decay_steps = (32_000, 48_000)
+    config.log_every_steps = 100
+    config.eval_every_steps = 2_000
+    config.checkpoint_every_steps = 2_000
+  elif arg == 'imagenet2012':
+    # torchvision's reference: 90 epochs, batch 256, lr 0.1 divided by 10 every 30 epochs,
+    # weight decay 1e-4, momentum 0.9; random-resized crop 224 + flip; eval 256 -> 224 crop.
+    config.dataset = 'imagenet2012'
+    config.model.name = 'resnet50'
+    config.image_size = 224
+    config.batch_size = 256
+    config.optimizer.lr = 0.1 * config.batch_size / 256  # linear scaling rule (Goyal et al.)
+    config.num_epochs = 90.0
+    config.optimizer.schedule = 'step'
+    config.optimizer.decay_epochs = (30.0, 60.0)
+    config.log_every_steps = 100
+    config.eval_every_steps = 5_000
+    config.checkpoint_every_steps = 5_000
+  else:
+    raise ValueError(f"unknown variant '{arg}'; use '', 'cifar10' or 'imagenet2012'")
+  return config

@@ -1,0 +1,54 @@
+"""Train, evaluate or summarise a model described by an ml_collections config file.
+
+  python main.py --config=configs/resnet.py --workdir=runs/resnet20
+  python main.py --config=configs/resnet.py:cifar10 --workdir=runs/r20 --config.optimizer.lr=0.05
+  python main.py --config=configs/lenet5.py --mode=summary
+
+The logic lives in the cnn_jax package; this file only reads flags.
+"""
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow serves tf.data only: keep it quiet
+os.environ.setdefault('NO_GCE_CHECK', 'true')  # no cloud-metadata lookups from TensorFlow
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+  'config', None, 'Config file; file.py:arg picks a variant.', lock_config=True
+)
+flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs and summary.json.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'summary'], 'What to do.')
+flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
+flags.DEFINE_bool('distributed', False, 'Multi-host with the cluster detected by JAX (TPU, SLURM).')
+flags.mark_flags_as_required(['config'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  from cnn_jax import cli
+
+  try:
+    cli.run(
+      FLAGS.config,
+      FLAGS.workdir,
+      FLAGS.mode,
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+      distributed=FLAGS.distributed,
+    )
+  except cli.UserError as e:
+    logging.flush()
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)
