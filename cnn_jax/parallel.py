@@ -61,9 +61,7 @@ class ShardMapRunner:
     return state
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> PyTree:
-    return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(self._split, x), batch
-    )
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._split, x), batch)
 
   def get_output(self, out: PyTree) -> PyTree:
     return jax.device_get(out)

@@ -1,8 +1,8 @@
-"""LeNet-5 as in the course notes' table (conv 5x5x6 - pool - conv 5x5x16 - pool - FC 120 - 84 - 10).
+"""LeNet-5 as in the course notes' table: conv 5x5x6, pool, conv 5x5x16, pool, FC 120, 84, 10.
 
-  python main.py --config=configs/lenet5.py --mode=summary       # the notes' table
-  python main.py --config=configs/lenet5.py --workdir=runs/lenet5
-  --config=configs/lenet5.py:mnist   the same net on MNIST padded/resized to 32x32 (tfds)
+python main.py --config=configs/lenet5.py --mode=summary       # the notes' table
+python main.py --config=configs/lenet5.py --workdir=runs/lenet5
+--config=configs/lenet5.py:mnist   the same net on MNIST padded/resized to 32x32 (tfds)
 """
 
 import ml_collections

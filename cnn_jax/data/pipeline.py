@@ -67,7 +67,9 @@ def _augment(image: tf.Tensor, seed: tf.Tensor, *, kind: str, size: int) -> tf.T
     image = tf.image.resize(image, (size, size), antialias=True)
     pad = max(1, round(size * _CROP_PAD[kind]))
     image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-    image = tf.image.stateless_random_crop(image, tf.shape(image) - [2 * pad, 2 * pad, 0], crop_seed)
+    image = tf.image.stateless_random_crop(
+      image, tf.shape(image) - [2 * pad, 2 * pad, 0], crop_seed
+    )
   if kind != 'shift':  # a mirrored digit is another symbol
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   return image
@@ -173,12 +175,21 @@ def train_iterator(
   mine = _local_slice(global_batch, process_index, process_count)
   n = len(data.train)
   pre = functools.partial(
-    preprocess, spec=data.spec, stored_channels=data.channels, image_size=image_size,
-    channels=channels, train=True,
+    preprocess,
+    spec=data.spec,
+    stored_channels=data.channels,
+    image_size=image_size,
+    channels=channels,
+    train=True,
   )
   gen = functools.partial(
-    _batches, data.train, lambda s: s * global_batch + mine, _TrainIndex(seed, n),
-    range(start_step, num_steps), len(mine), 0,
+    _batches,
+    data.train,
+    lambda s: s * global_batch + mine,
+    _TrainIndex(seed, n),
+    range(start_step, num_steps),
+    len(mine),
+    0,
   )
   return _to_tf(gen, len(mine), pre, seed).as_numpy_iterator()
 
@@ -200,11 +211,20 @@ def eval_iterator(
   mine = _local_slice(global_batch, process_index, process_count)
   n = len(data.eval)
   pre = functools.partial(
-    preprocess, spec=data.spec, stored_channels=data.channels, image_size=image_size,
-    channels=channels, train=False,
+    preprocess,
+    spec=data.spec,
+    stored_channels=data.channels,
+    image_size=image_size,
+    channels=channels,
+    train=False,
   )
   gen = functools.partial(
-    _batches, data.eval, lambda s: s * global_batch + mine, lambda idx: idx,
-    range(eval_steps(data, global_batch)), len(mine), n,
+    _batches,
+    data.eval,
+    lambda s: s * global_batch + mine,
+    lambda idx: idx,
+    range(eval_steps(data, global_batch)),
+    len(mine),
+    n,
   )
   return _to_tf(gen, len(mine), pre, 0).as_numpy_iterator()

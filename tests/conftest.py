@@ -1,0 +1,22 @@
+"""Test set-up: 4 simulated CPU devices and a private tfds data folder, before JAX starts."""
+
+import os
+
+# Must be set before JAX initialises its CPU backend (at the first import of jax below).
+os.environ['XLA_FLAGS'] = (
+  os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'
+).strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('NO_GCE_CHECK', 'true')
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory) -> str:
+  """A tfds data folder holding only the locally built `digits` (nothing else: offline)."""
+  path = str(tmp_path_factory.mktemp('tfds'))
+  from cnn_jax import data
+
+  data.load('digits', path)  # builds it once for the session (a few seconds)
+  return path

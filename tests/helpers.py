@@ -1,0 +1,65 @@
+"""Running main.py in a subprocess, the way a user does, with a tiny configuration."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# resnet_tiny on 16x16 digits: a few seconds of training, checkpoints every 4 steps.
+TINY = [
+  '--config=configs/resnet.py',
+  '--config.model.name=resnet_tiny',
+  '--config.image_size=16',
+  '--config.batch_size=32',
+  '--config.eval_batch_size=64',
+  '--config.num_train_steps=12',
+  '--config.log_every_steps=1',
+  '--config.checkpoint_every_steps=4',
+  '--config.eval_every_steps=-1',
+]
+
+
+def env(data_dir: str, devices: int = 4) -> dict[str, str]:
+  e = dict(os.environ)
+  e['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  e['TFDS_DATA_DIR'] = data_dir
+  e['JAX_PLATFORMS'] = 'cpu'
+  return e
+
+
+def start(args: list[str], data_dir: str, devices: int = 4) -> subprocess.Popen:
+  return subprocess.Popen(
+    [sys.executable, 'main.py', *args],
+    cwd=ROOT,
+    env=env(data_dir, devices),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+
+
+def run(args: list[str], data_dir: str, devices: int = 4, timeout: float = 300):
+  proc = start(args, data_dir, devices)
+  out, err = proc.communicate(timeout=timeout)
+  return proc.returncode, out, err
+
+
+def summary(workdir: str) -> dict:
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    return json.load(f)
+
+
+def metric_rows(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = []
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:  # a line being written right now
+        pass
+    return rows

@@ -1,0 +1,123 @@
+"""The trainer end to end, in process: tiny model, few steps, real code paths."""
+
+import json
+import os
+
+import pytest
+
+from cnn_jax import optim, train
+from cnn_jax.errors import UserError
+from configs import lenet5, resnet
+
+
+def _tiny(data_dir, **overrides):
+  config = resnet.get_config()
+  config.model.name = 'resnet_tiny'
+  config.data_dir = data_dir
+  config.image_size = 16
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.num_train_steps = 6
+  config.log_every_steps = 2
+  config.eval_every_steps = 3
+  config.checkpoint_every_steps = 3
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+def test_train_then_eval(tmp_path, data_dir):
+  workdir = str(tmp_path / 'run')
+  result = train.train_and_evaluate(_tiny(data_dir), workdir)
+  assert result['steps'] == 6 and 0 <= result['test_accuracy'] <= 1
+  assert len(result['params_sha256']) == 64
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    assert json.load(f) == result
+  rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [(r['step'], r['split']) for r in rows] == [
+    (2, 'train'),
+    (3, 'test'),
+    (4, 'train'),
+    (6, 'train'),
+    (6, 'test'),
+    (6, 'test'),
+  ][: len(rows)]
+  assert {'loss', 'accuracy', 'lr', 'images_per_sec'} <= set(rows[0])
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['3', '6'] or sorted(
+    os.listdir(os.path.join(workdir, 'checkpoints'))
+  ) == ['3', '6']
+  assert os.listdir(os.path.join(workdir, 'tensorboard', 'train'))
+  # Eval mode restores the last checkpoint and gets the same accuracy.
+  again = train.restore_and_evaluate(_tiny(data_dir), workdir)
+  assert again['step'] == 6 and again['accuracy'] == pytest.approx(result['test_accuracy'])
+  # A finished run relaunched trains no further and ends with the same parameters.
+  rerun = train.train_and_evaluate(_tiny(data_dir), workdir)
+  assert rerun['resumed_from_step'] == 6 and rerun['params_sha256'] == result['params_sha256']
+
+
+def test_lenet5_trains_with_adamw(tmp_path, data_dir):
+  config = lenet5.get_config()
+  config.data_dir = data_dir
+  config.num_train_steps = 4
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  result = train.train_and_evaluate(config, str(tmp_path / 'lenet'))
+  assert result['steps'] == 4
+
+
+@pytest.mark.parametrize(
+  'overrides, message',
+  [
+    ({'batch_size': 30}, 'config.batch_size=30 does not divide over 4 devices'),
+    ({'dataset': 'cifar10'}, "dataset 'cifar10' is not prepared"),
+    ({'dataset': 'digitz'}, "unknown dataset 'digitz'; closest: digits"),
+    ({'parallel': 'pjit'}, "unknown config.parallel 'pjit'"),
+  ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, data_dir, overrides, message):
+  with pytest.raises(UserError, match=message.replace('(', r'\(')) as e:
+    train.build(_tiny(data_dir, **overrides), str(tmp_path / 'w'))
+  assert '\n' not in str(e.value)
+
+
+def test_image_too_small_for_lenet(tmp_path, data_dir):
+  config = lenet5.get_config()
+  config.data_dir = data_dir
+  config.image_size = 8  # two valid 5x5 convs and two pools need at least 16 pixels
+  with pytest.raises(UserError, match="model 'lenet5' cannot take 8x8x3 images"):
+    train.build(config, str(tmp_path / 'w'))
+
+
+def test_num_classes_must_match_dataset(tmp_path, data_dir):
+  config = _tiny(data_dir)
+  config.model.num_classes = 100
+  with pytest.raises(UserError, match='num_classes=100 but dataset .digits. has 10 classes'):
+    train.build(config, str(tmp_path / 'w'))
+
+
+def test_workdir_that_is_a_file(tmp_path, data_dir):
+  path = tmp_path / 'file'
+  path.write_text('x')
+  with pytest.raises(UserError, match='is a file, not a folder'):
+    train.build(_tiny(data_dir), str(path))
+
+
+def test_schedules():
+  config = resnet.get_config('cifar10').optimizer
+  schedule = optim.create_schedule(config, 64_000, 390)
+  assert [float(schedule(s)) for s in (0, 31_999, 32_000, 48_000)] == pytest.approx(
+    [0.1, 0.1, 0.01, 0.001]
+  )
+  config = resnet.get_config().optimizer  # 1 warmup epoch, then cosine to 0
+  schedule = optim.create_schedule(config, 110, 11)
+  assert float(schedule(0)) == 0 and float(schedule(11)) == pytest.approx(0.1)
+  assert float(schedule(110)) == pytest.approx(0, abs=1e-6)
+
+
+def test_no_weight_decay_on_biases_and_norms():
+  import jax.numpy as jnp
+
+  mask = optim.decay_mask(
+    {'conv': {'kernel': jnp.ones((3, 3, 1, 2))}, 'bn': {'scale': jnp.ones(2)}}
+  )
+  assert mask == {'conv': {'kernel': True}, 'bn': {'scale': False}}
