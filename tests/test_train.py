@@ -121,3 +121,23 @@ def test_no_weight_decay_on_biases_and_norms():
     {'conv': {'kernel': jnp.ones((3, 3, 1, 2))}, 'bn': {'scale': jnp.ones(2)}}
   )
   assert mask == {'conv': {'kernel': True}, 'bn': {'scale': False}}
+
+
+def test_bfloat16_compute_trains(tmp_path, data_dir):
+  config = _tiny(data_dir, half_precision=True, num_train_steps=2, eval_every_steps=-1)
+  result = train.train_and_evaluate(config, str(tmp_path / 'bf16'))
+  assert result['steps'] == 2 and result['test_loss'] == result['test_loss']  # not NaN
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, data_dir):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(_tiny(data_dir, num_train_steps=2, eval_every_steps=-1), workdir)
+  config = lenet5.get_config()
+  config.data_dir = data_dir
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  with pytest.raises(UserError, match='does not fit this model and optimizer') as e:
+    train.train_and_evaluate(config, workdir)
+  assert '\n' not in str(e.value)
+  # Nothing lost: the first run's checkpoint is still there.
+  assert '2' in os.listdir(os.path.join(workdir, 'checkpoints'))
