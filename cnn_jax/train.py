@@ -167,6 +167,8 @@ def check_input_size(model: flax.linen.Module, config: ml_collections.ConfigDict
     jax.eval_shape(
       functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, *shape))
     )
+  except UserError:
+    raise
   except Exception as e:  # shape errors surface as TypeError, ValueError, ZeroDivisionError...
     reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
     raise UserError(
@@ -276,10 +278,14 @@ class _Preemption:
     return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
 
 
+class NonFiniteError(UserError):
+  """The loss or gradients became NaN or Inf."""
+
+
 def _check_finite(step: int, metrics: dict[str, float]) -> None:
   bad = [k for k, v in metrics.items() if not math.isfinite(v)]
   if bad:
-    raise FloatingPointError(
+    raise NonFiniteError(
       f'non-finite {", ".join(bad)} at step {step}; the last checkpoint is kept intact. '
       'Lower optimizer.lr or check the input data.'
     )

@@ -141,3 +141,11 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, data_dir):
   assert '\n' not in str(e.value)
   # Nothing lost: the first run's checkpoint is still there.
   assert '2' in os.listdir(os.path.join(workdir, 'checkpoints'))
+
+
+def test_divergence_stops_with_the_step_and_metric(tmp_path, data_dir):
+  config = _tiny(data_dir, num_train_steps=4, eval_every_steps=-1, log_every_steps=2)
+  config.optimizer.lr = 1e30  # overflows float32 at the first update
+  config.optimizer.warmup_steps = 0
+  with pytest.raises(train.NonFiniteError, match=r'non-finite .*loss.* at step 2'):
+    train.train_and_evaluate(config, str(tmp_path / 'nan'))
