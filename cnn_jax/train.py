@@ -184,12 +184,12 @@ def build(
 
   `devices`: the devices to run on (default: all devices of all hosts).
   """
-  _check_workdir(workdir)
   models.create(config.model.name)  # an unknown name fails here, before any data is read
   runner = parallel.create_runner(config.parallel, devices)
   parallel.check_batch_size('config.batch_size', config.batch_size, runner.num_devices)
   parallel.check_batch_size('config.eval_batch_size', config.eval_batch_size, runner.num_devices)
   data = data_lib.load(config.dataset, config.data_dir or None)
+  _check_workdir(workdir)  # created only once the config and data are known to be good
   num_classes = config.model.num_classes
   if num_classes <= 0:
     num_classes = data.num_classes

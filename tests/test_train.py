@@ -100,6 +100,7 @@ def test_workdir_that_is_a_file(tmp_path, data_dir):
   path.write_text('x')
   with pytest.raises(UserError, match='is a file, not a folder'):
     train.build(_tiny(data_dir), str(path))
+  assert path.read_text() == 'x'
 
 
 def test_schedules():

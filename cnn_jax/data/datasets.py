@@ -151,8 +151,10 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
   if name == 'digits':
     builder = _prepare_digits(data_dir)
   else:
-    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
-    if not builder.is_prepared():
+    # Checked by hand first: tfds warns about a missing folder before it says "not prepared".
+    present = os.path.isdir(os.path.join(data_dir, spec.tfds_name))
+    builder = tfds.builder(spec.tfds_name, data_dir=data_dir) if present else None
+    if builder is None or not builder.is_prepared():
       how = spec.how_to_prepare.format(name=spec.tfds_name, data_dir=data_dir)
       raise UserError(
         f"dataset '{name}' is not prepared in {data_dir} (and this run does not download); "
