@@ -4,7 +4,8 @@ Pooling and flattening live in tiny modules (not bare `nn.max_pool` calls) so th
 rows in `cnn_jax.summary` tables and have stable names like any other layer.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -61,3 +62,61 @@ class Flatten(nn.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
+
+
+class SqueezeExcite(nn.Module):
+  """Squeeze-and-excitation (Hu et al. 2018): rescale channels by a gate computed from their means.
+
+  squeeze = global average pool; excitation = FC(reduced) - activation - FC(C) - gate; output
+  = x * gate. SENet uses reduced = C / 16 with ReLU and sigmoid; EfficientNet uses a quarter of
+  the block's input channels with SiLU. The FCs are 1x1 convs with bias (the papers' and
+  torchvision's parameter layout: (1, 1, C, reduced) kernels plus biases).
+  """
+
+  reduced_features: int
+  activation: Callable[[jax.Array], jax.Array] = nn.relu
+  gate: Callable[[jax.Array], jax.Array] = nn.sigmoid
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)  # (B, 1, 1, C)
+    s = nn.Conv(self.reduced_features, (1, 1), dtype=self.dtype, name='reduce')(s)
+    s = self.activation(s)
+    s = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name='expand')(s)
+    return x * self.gate(s)
+
+
+class DepthwiseConv(nn.Module):
+  """A depthwise convolution: one kh x kw filter per channel (`feature_group_count` = C).
+
+  Parameters as flax's grouped `nn.Conv`: 'kernel' of shape (kh, kw, 1, C), optional 'bias' (C,),
+  so weights move freely between this layer and `nn.Conv(C, ..., feature_group_count=C)`.
+  """
+
+  kernel_size: tuple[int, int] = (3, 3)
+  strides: int = 1
+  padding: int | str = 'SAME'  # int p: p pixels on every side (torch style)
+  dilation: int = 1
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+  kernel_init: Callable = conv_kernel_init
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init, (*self.kernel_size, 1, c), jnp.float32)
+    x, kernel = jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype)
+    padding = self.padding if isinstance(self.padding, str) else [(self.padding, self.padding)] * 2
+    y = jax.lax.conv_general_dilated(
+      x,
+      kernel,
+      window_strides=(self.strides, self.strides),
+      padding=padding,
+      rhs_dilation=(self.dilation, self.dilation),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=c,
+    )
+    if self.use_bias:
+      y = y + jnp.asarray(self.param('bias', nn.initializers.zeros, (c,), jnp.float32), self.dtype)
+    return y

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn_jax.layers import DepthwiseConv
+
 
 @dataclasses.dataclass(frozen=True)
 class Row:
@@ -49,6 +51,9 @@ def _macs(module: nn.Module, inputs: tuple[Any, ...], out: jax.Array, params: di
     # Every input position scatters into kh*kw*C_out outputs through (C_in/groups) weights each.
     x = inputs[0]
     return _size(x) // x.shape[0] // x.shape[-1] * _size(kernel)
+  if isinstance(module, DepthwiseConv):
+    # One kh*kw filter per channel at every output position: output elements * kh*kw.
+    return _size(out) // out.shape[0] * math.prod(kernel.shape[:2])
   if isinstance(module, nn.Conv | nn.Dense | nn.DenseGeneral):
     # kernel.size = kh*kw*(C_in/groups)*C_out (conv) or in*out (dense), applied at every output
     # position; positions = output elements / output features.
