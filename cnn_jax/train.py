@@ -68,10 +68,15 @@ def train_step(
       {'params': params, 'batch_stats': state.batch_stats},
       batch['image'],
       train=True,
-      mutable=['batch_stats'],
+      mutable=['batch_stats', 'aux_logits'],
       rngs={'dropout': rng},
     )
     loss = cross_entropy(logits, batch['label'], num_classes, label_smoothing).mean()
+    # Auxiliary classifiers (GoogLeNet) sow their logits in training only; each adds its loss
+    # with the model's weight (0.3 in Szegedy et al. 2015).
+    for aux in jax.tree.leaves(updates.get('aux_logits', {})):
+      aux_loss = cross_entropy(aux, batch['label'], num_classes, label_smoothing).mean()
+      loss = loss + model.aux_weight * aux_loss
     return loss, (logits, updates.get('batch_stats', {}))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

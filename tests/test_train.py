@@ -150,3 +150,49 @@ def test_divergence_stops_with_the_step_and_metric(tmp_path, data_dir):
   config.optimizer.warmup_steps = 0
   with pytest.raises(train.NonFiniteError, match=r'non-finite .*loss.* at step 2'):
     train.train_and_evaluate(config, str(tmp_path / 'nan'))
+
+
+def test_aux_logits_add_weighted_losses():
+  """A model that sows auxiliary logits in training (GoogLeNet's contract) adds weight * CE."""
+  import functools
+
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  from cnn_jax import parallel
+
+  class WithAux(nn.Module):
+    aux_weight: float = 0.3
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+      x = x.reshape(x.shape[0], -1)
+      if train or self.is_initializing():
+        aux = nn.Dense(3, name='aux')(x)
+        if train:
+          self.sow('aux_logits', 'aux1', aux)
+      return nn.Dense(3, name='head')(x)
+
+  model = WithAux()
+  x = np.random.default_rng(0).normal(size=(4, 2, 2, 1)).astype(np.float32)
+  y = np.array([0, 1, 2, 1], np.int32)
+  params = model.init(jax.random.key(0), x)['params']
+  tx = optax.sgd(0.0)
+  state = train.TrainState(
+    step=jnp.array(0),
+    params=params,
+    batch_stats={},
+    opt_state=tx.init(params),
+    rng=jax.random.PRNGKey(0),
+  )
+  runner = parallel.ShardMapRunner(jax.devices()[:1])
+  step = runner.compile(
+    functools.partial(train.train_step, model=model, tx=tx, num_classes=3, label_smoothing=0.0)
+  )
+  _, metrics = step(runner.put_state(state), runner.put_batch({'image': x, 'label': y}))
+  main = train.cross_entropy(model.apply({'params': params}, x), y, 3).mean()
+  aux = train.cross_entropy(nn.Dense(3).apply({'params': params['aux']}, x.reshape(4, -1)), y, 3)
+  assert float(metrics['loss']) == pytest.approx(float(main + 0.3 * aux.mean()), rel=1e-5)
