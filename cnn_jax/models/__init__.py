@@ -6,6 +6,8 @@ from functools import partial
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from cnn_jax.errors import UserError, close_matches
 from cnn_jax.models.lenet import LeNet5
@@ -52,9 +54,37 @@ def create(name: str, **kwargs: Any) -> nn.Module:
   return _MODELS[name](**kwargs)
 
 
+def feature_info(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, tuple[int, int]]:
+  """{feature name: (stride, channels)} of `model(x, features=True)` for one input (no compute).
+
+  Segmentation decoders pick their skip connections by stride from this table.
+  """
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+
+  def trace(x):
+    variables = model.init(jax.random.key(0), x)
+    return model.apply(variables, x, features=True)
+
+  feats = jax.eval_shape(trace, x)
+  info = {}
+  for name, f in feats.items():
+    stride = input_shape[0] // f.shape[1] if f.ndim == 4 else 0  # 0: pooled (no spatial grid)
+    info[name] = (stride, f.shape[-1])
+  return info
+
+
 def list_models(pattern: str = '*') -> list[str]:
   """Registered model names matching the fnmatch `pattern`, sorted."""
   return sorted(fnmatch.filter(_MODELS, pattern))
 
 
-__all__ = ['LeNet5', 'ResNet', 'create', 'list_models', 'plain', 'resnet', 'resnet_tiny']
+__all__ = [
+  'LeNet5',
+  'ResNet',
+  'create',
+  'feature_info',
+  'list_models',
+  'plain',
+  'resnet',
+  'resnet_tiny',
+]

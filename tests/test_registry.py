@@ -1,0 +1,23 @@
+"""The contract every registered model keeps (checked on all of them, traced without compute)."""
+
+import pytest
+
+from cnn_jax import models
+
+# The smallest square input each family is traced at: nets with valid convs and fixed-size
+# classifiers need their native size; everything else is traced at 64x64 to keep it fast.
+NATIVE = {'lenet5': 32}
+VALID_CONVS = {'lenet5'}  # unpadded convs: 32 -> 28 -> 14 -> 10 -> 5, no power-of-2 strides
+
+
+@pytest.mark.parametrize('name', models.list_models())
+def test_logits_and_features(name):
+  size = NATIVE.get(name, 64)
+  model = models.create(name, num_classes=7)
+  info = models.feature_info(model, (size, size, 3))
+  assert info['logits'] == (0, 7)
+  assert info['pre_logits'][0] == 0 and info['pre_logits'][1] > 0
+  for feature, (stride, channels) in info.items():
+    assert channels > 0, (feature, channels)
+    if stride and name not in VALID_CONVS:
+      assert stride & (stride - 1) == 0, f'{feature}: stride {stride} is not a power of 2'
