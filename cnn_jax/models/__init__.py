@@ -10,8 +10,11 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError, close_matches
+from cnn_jax.models.alexnet import alexnet, alexnet_tiny
 from cnn_jax.models.lenet import LeNet5
 from cnn_jax.models.resnet import ResNet, plain, resnet, resnet_tiny
+from cnn_jax.models.squeezenet import squeezenet, squeezenet_tiny
+from cnn_jax.models.vgg import vgg, vgg_tiny
 
 # name -> constructor; keyword arguments of `create` go to the constructor (module fields).
 _MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -39,8 +42,23 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
   'plain44': partial(plain, 44),
   'plain56': partial(plain, 56),
   'plain110': partial(plain, 110),
+  # AlexNet (torchvision's single tower), VGG (Simonyan & Zisserman 2015), SqueezeNet.
+  'alexnet': alexnet,
+  'vgg11': partial(vgg, 11),
+  'vgg11_bn': partial(vgg, 11, batch_norm=True),
+  'vgg13': partial(vgg, 13),
+  'vgg13_bn': partial(vgg, 13, batch_norm=True),
+  'vgg16': partial(vgg, 16),
+  'vgg16_bn': partial(vgg, 16, batch_norm=True),
+  'vgg19': partial(vgg, 19),
+  'vgg19_bn': partial(vgg, 19, batch_norm=True),
+  'squeezenet1_0': partial(squeezenet, '1_0'),
+  'squeezenet1_1': partial(squeezenet, '1_1'),
   # Tiny variants for tests.
   'resnet_tiny': resnet_tiny,
+  'alexnet_tiny': alexnet_tiny,
+  'vgg_tiny': vgg_tiny,
+  'squeezenet_tiny': squeezenet_tiny,
 }
 
 
