@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from cnn_jax.errors import UserError, close_matches
 from cnn_jax.models.alexnet import alexnet, alexnet_tiny
+from cnn_jax.models.efficientnet import efficientnet_tiny, efficientnet_variant
 from cnn_jax.models.lenet import LeNet5
 from cnn_jax.models.resnet import ResNet, plain, resnet, resnet_tiny
 from cnn_jax.models.squeezenet import squeezenet, squeezenet_tiny
@@ -54,8 +55,11 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
   'vgg19_bn': partial(vgg, 19, batch_norm=True),
   'squeezenet1_0': partial(squeezenet, '1_0'),
   'squeezenet1_1': partial(squeezenet, '1_1'),
+  # EfficientNet B0-B7 (Tan & Le 2019): the hand-set width/depth/resolution/dropout table.
+  **{f'efficientnet_b{i}': partial(efficientnet_variant, f'b{i}') for i in range(8)},
   # Tiny variants for tests.
   'resnet_tiny': resnet_tiny,
+  'efficientnet_tiny': efficientnet_tiny,
   'alexnet_tiny': alexnet_tiny,
   'vgg_tiny': vgg_tiny,
   'squeezenet_tiny': squeezenet_tiny,
