@@ -59,6 +59,10 @@ def _macs(module: nn.Module, inputs: tuple[Any, ...], out: jax.Array, params: di
     # position; positions = output elements / output features.
     out_features = math.prod(_tuple(module.features))
     return _size(out) // out.shape[0] // out_features * _size(kernel)
+  if kernel.ndim == 4:
+    # Any other conv-like layer with an (kh, kw, C_in, C_out) kernel, e.g. DeformableConv:
+    # the kernel is applied once at every output position.
+    return _size(out) // out.shape[0] // out.shape[-1] * _size(kernel)
   return 0
 
 
@@ -93,12 +97,18 @@ def summarize(
       out = next_fun(*args, **kwargs)
     finally:
       _, has_children = stack.pop()
-    if has_children or context.method_name != '__call__':
+    if context.method_name != '__call__':
       return out
     path = tuple(module.scope.path)
     params = all_params
     for name in path:
       params = params.get(name, {})
+    if has_children:
+      # A module with sub-modules gets a row only for weights of its own (DeformableConv's
+      # kernel beside its offset conv); its children have rows of their own.
+      params = {k: v for k, v in params.items() if not isinstance(v, dict)}
+      if not params:
+        return out
     leaves = jax.tree.leaves(out)
     first = leaves[0] if leaves else None
     rows.append(

@@ -91,3 +91,10 @@ def test_macs_of_grouped_transposed_and_shared_layers():
   assert [(r.path, r.params) for r in summary.rows[-2:]] == [('shared', 42), ('shared', 0)]
   variables = jax.eval_shape(_Mixed().init, jax.random.key(0), jnp.ones((1, 8, 8, 8)))
   assert summary.total_params == sum(p.size for p in jax.tree.leaves(variables['params']))
+
+
+def test_layer_with_own_kernel_and_children_is_counted():
+  # DeformableConv owns its kernel and an offset conv: both appear, and rows add up to the total.
+  s = summarize(models.create('resnet50', deformable_stages=(2, 3, 4)), (224, 224, 3))
+  assert sum(r.params for r in s.rows) == s.total_params == 26_428_295
+  assert s.total_macs == 4_278_172_160  # counted by hand: 4,089,184,256 + DCN and offset convs

@@ -13,7 +13,7 @@ from cnn_jax.errors import UserError, close_matches
 from cnn_jax.models.alexnet import alexnet, alexnet_tiny
 from cnn_jax.models.efficientnet import efficientnet_tiny, efficientnet_variant
 from cnn_jax.models.lenet import LeNet5
-from cnn_jax.models.resnet import ResNet, plain, resnet, resnet_tiny
+from cnn_jax.models.resnet import ResNet, plain, resnet, resnet_tiny, seresnet
 from cnn_jax.models.squeezenet import squeezenet, squeezenet_tiny
 from cnn_jax.models.vgg import vgg, vgg_tiny
 
@@ -43,6 +43,8 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
   'plain44': partial(plain, 44),
   'plain56': partial(plain, 56),
   'plain110': partial(plain, 110),
+  # SE-ResNet (Hu et al. 2018): squeeze-excite (reduction 16) on every residual branch.
+  'seresnet50': partial(seresnet, 50),
   # AlexNet (torchvision's single tower), VGG (Simonyan & Zisserman 2015), SqueezeNet.
   'alexnet': alexnet,
   'vgg11': partial(vgg, 11),

@@ -5,6 +5,12 @@
 - CIFAR depths 20/32/44/56/110 (6n + 2): 3x3 stem with 16 channels, three stages of n basic blocks
   with 16/32/64 channels, shortcut option 'A' (parameter-free) as in the paper's Section 4.2.
 - `residual=False` drops every shortcut: the "plain" nets of the degradation experiment.
+- `se_reduction=r` ends every residual branch with squeeze-and-excitation (Hu et al. 2018) of
+  C / r channels, after the last BN and before the addition: SE-ResNet (`seresnet(50)`: r = 16).
+- `replace_stride_with_dilation` (torchvision's field): later stages keep their resolution and
+  dilate their 3x3 convs instead (DeepLab's atrous backbones, output stride 16 or 8).
+- `deformable_stages` swaps the 3x3 convs of the named stages for modulated deformable convs
+  (Zhu et al. 2019, `cnn_jax.deformable`).
 """
 
 from collections.abc import Sequence
@@ -15,8 +21,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn_jax.deformable import DeformableConv
 from cnn_jax.errors import UserError
-from cnn_jax.layers import GlobalAvgPool, MaxPool, conv_kernel_init, dense_kernel_init
+from cnn_jax.layers import (
+  GlobalAvgPool,
+  MaxPool,
+  SqueezeExcite,
+  conv_kernel_init,
+  dense_kernel_init,
+)
 
 ModuleDef = Any
 
@@ -38,6 +51,35 @@ CIFAR_DEPTHS = (20, 32, 44, 56, 110)
 _BLOCKS = ('basic', 'bottleneck')
 _STEMS = ('imagenet', 'cifar')
 _SHORTCUTS = ('A', 'B')
+# DeepLab's backbones by output stride (input size / stage4 size): which of stages 2-4 dilate.
+DILATION_FOR_OUTPUT_STRIDE: dict[int, tuple[bool, bool, bool]] = {
+  32: (False, False, False),
+  16: (False, False, True),
+  8: (False, True, True),
+}
+
+
+def _conv3x3(block: nn.Module, features: int, strides: int, name: str) -> nn.Module:
+  """The block's 3x3 conv: regular or deformable, dilated by `block.dilation` (padding = dilation
+  keeps the size at stride 1)."""
+  d = block.dilation
+  if block.deform_conv is not None:
+    return block.deform_conv(features, (3, 3), strides, padding=d, dilation=d, name=name)
+  return block.conv(features, (3, 3), strides, padding=d, kernel_dilation=d, name=name)
+
+
+def _last_norm(block: nn.Module, y: jax.Array, name: str) -> jax.Array:
+  """The branch's last BN (zero scale with zero_init_residual), then SE if the block has one."""
+  # Zero scale makes each block start as the identity (Goyal et al. 2017); without shortcuts a
+  # zero branch would pass no signal, so plain nets ignore it.
+  zero = block.zero_init_residual and block.residual
+  y = block.norm(scale_init=nn.initializers.zeros if zero else nn.initializers.ones, name=name)(y)
+  if block.se_reduction:
+    c = y.shape[-1]
+    if c // block.se_reduction < 1:
+      raise UserError(f'ResNet.se_reduction={block.se_reduction} leaves no channels of {c}')
+    y = SqueezeExcite(c // block.se_reduction, dtype=block.dtype, name='se')(y)
+  return y
 
 
 def _shortcut(block: nn.Module, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -57,7 +99,7 @@ def _shortcut(block: nn.Module, x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 class BasicBlock(nn.Module):
-  """Two 3x3 convs (ResNet-18/34 and the CIFAR nets)."""
+  """Two 3x3 convs (ResNet-18/34 and the CIFAR nets); both carry the block's dilation."""
 
   features: int
   conv: ModuleDef
@@ -66,18 +108,18 @@ class BasicBlock(nn.Module):
   residual: bool = True
   shortcut: str = 'B'
   zero_init_residual: bool = False
+  dilation: int = 1
+  se_reduction: int = 0  # 0: no SE
+  deform_conv: ModuleDef | None = None  # factory for the 3x3 convs; None: `conv`
+  dtype: Any = jnp.float32  # of the SE layer
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = self.conv(self.features, (3, 3), self.strides, padding=1, name='conv1')(x)
+    y = _conv3x3(self, self.features, self.strides, 'conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.features, (3, 3), padding=1, name='conv2')(y)
-    if not self.residual:
-      return nn.relu(self.norm(name='bn2')(y))
-    # Zero scale makes each block start as the identity (Goyal et al. 2017).
-    zero = self.zero_init_residual
-    y = self.norm(scale_init=nn.initializers.zeros if zero else nn.initializers.ones, name='bn2')(y)
-    return nn.relu(_shortcut(self, x, y))
+    y = _conv3x3(self, self.features, 1, 'conv2')(y)
+    y = _last_norm(self, y, 'bn2')
+    return nn.relu(_shortcut(self, x, y) if self.residual else y)
 
 
 class BottleneckBlock(nn.Module):
@@ -90,6 +132,10 @@ class BottleneckBlock(nn.Module):
   residual: bool = True
   shortcut: str = 'B'
   zero_init_residual: bool = False
+  dilation: int = 1  # of the 3x3 conv
+  se_reduction: int = 0  # 0: no SE
+  deform_conv: ModuleDef | None = None  # factory for the 3x3 conv; None: `conv`
+  dtype: Any = jnp.float32  # of the SE layer
 
   expansion = 4
 
@@ -97,21 +143,24 @@ class BottleneckBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     y = self.conv(self.features, (1, 1), padding=0, name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.features, (3, 3), self.strides, padding=1, name='conv2')(y)
+    y = _conv3x3(self, self.features, self.strides, 'conv2')(y)
     y = nn.relu(self.norm(name='bn2')(y))
     y = self.conv(self.features * self.expansion, (1, 1), padding=0, name='conv3')(y)
-    if not self.residual:
-      return nn.relu(self.norm(name='bn3')(y))
-    zero = self.zero_init_residual
-    y = self.norm(scale_init=nn.initializers.zeros if zero else nn.initializers.ones, name='bn3')(y)
-    return nn.relu(_shortcut(self, x, y))
+    y = _last_norm(self, y, 'bn3')
+    return nn.relu(_shortcut(self, x, y) if self.residual else y)
 
 
 class ResNet(nn.Module):
   """ResNet or plain net; `resnet(depth)` fills in the published variants.
 
   `__call__` returns float32 logits, or with `features=True` a dict with 'stem', 'stage1', ...,
-  'pre_logits' and 'logits'.
+  'pre_logits' and 'logits'. Strides of 'stem', 'stage1', ... w.r.t. the input: 4, 4, 8, 16, 32
+  (ImageNet stem), 1, 1, 2, 4 (CIFAR stem); a dilated stage keeps its input's stride;
+  `feature_strides()` lists them.
+
+  Stages are numbered from 1 like the features ('stage1' is the paper's conv2_x, 'stage4' its
+  conv5_x); `replace_stride_with_dilation[k]` refers to stage k + 2, `deformable_stages` lists
+  stage numbers: DCNv2's conv3_x-conv5_x is (2, 3, 4), DCNv1's conv5_x is (4,).
   """
 
   stage_sizes: Sequence[int]
@@ -124,6 +173,11 @@ class ResNet(nn.Module):
   num_classes: int = 1000
   dtype: Any = jnp.float32
   norm_axis_name: str | None = None  # BatchNorm statistics averaged over this axis
+  se_reduction: int = 0  # > 0: SE with C / se_reduction hidden channels in every block
+  # One flag per stage after the first (torchvision's order): True keeps that stage's resolution
+  # and multiplies the dilation by 2 instead; flags for stages the net lacks must be False.
+  replace_stride_with_dilation: tuple[bool, ...] = (False, False, False)
+  deformable_stages: tuple[int, ...] = ()  # stages (numbered from 1) with deformable 3x3 convs
 
   @nn.compact
   def __call__(
@@ -139,6 +193,8 @@ class ResNet(nn.Module):
       dtype=self.dtype,
       axis_name=self.norm_axis_name,
     )
+    # DCNv2 recipe: offsets and modulation from a zero-initialised conv; main kernel as `conv`.
+    deform = partial(DeformableConv, dtype=self.dtype, kernel_init=conv_kernel_init)
     block_cls = BasicBlock if self.block == 'basic' else BottleneckBlock
     feats = {}
 
@@ -153,16 +209,26 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name='stem_bn')(x))
     feats['stem'] = x
 
+    dilation = 1
     for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
+      stride = 1 if i == 0 else 2  # each stage after the first halves H and W ...
+      previous_dilation = dilation
+      if self._dilates(i):  # ... or keeps them and dilates its 3x3 convs by 2 more
+        dilation, stride = dilation * stride, 1
       for j in range(num_blocks):
         x = block_cls(
           width,
           conv=conv,
           norm=norm,
-          strides=2 if i > 0 and j == 0 else 1,  # each stage after the first halves H and W
+          strides=stride if j == 0 else 1,
           residual=self.residual,
           shortcut=self.shortcut,
           zero_init_residual=self.zero_init_residual,
+          # torchvision: the first block of a dilated stage still uses the previous dilation.
+          dilation=previous_dilation if j == 0 else dilation,
+          se_reduction=self.se_reduction,
+          deform_conv=deform if i + 1 in self.deformable_stages else None,
+          dtype=self.dtype,
           name=f'stage{i + 1}_block{j + 1}',
         )(x)
       feats[f'stage{i + 1}'] = x
@@ -174,6 +240,22 @@ class ResNet(nn.Module):
     x = jnp.asarray(x, jnp.float32)
     feats['logits'] = x
     return feats if features else x
+
+  def feature_strides(self) -> dict[str, int]:
+    """Input size / feature size of 'stem' and each 'stageN' (stage4: 8 in DeepLab's OS 8)."""
+    self._check_fields()
+    stride = 4 if self.stem == 'imagenet' else 1
+    strides = {'stem': stride}
+    for i in range(len(self.stage_sizes)):
+      if i > 0 and not self._dilates(i):
+        stride *= 2
+      strides[f'stage{i + 1}'] = stride
+    return strides
+
+  def _dilates(self, stage_index: int) -> bool:
+    """Whether stage `stage_index` (from 0) trades its stride for dilation."""
+    flags = self.replace_stride_with_dilation
+    return stage_index > 0 and stage_index - 1 < len(flags) and bool(flags[stage_index - 1])
 
   def _check_fields(self) -> None:
     for field, value, allowed in (
@@ -187,6 +269,21 @@ class ResNet(nn.Module):
       raise UserError(
         f'ResNet has {len(self.stage_sizes)} stage sizes but {len(self.widths)} widths'
       )
+    if self.se_reduction < 0:
+      raise UserError(f'ResNet.se_reduction={self.se_reduction}; expected 0 (no SE) or more')
+    num_stages = len(self.stage_sizes)
+    extra = tuple(self.replace_stride_with_dilation)[num_stages - 1 :]
+    if any(extra):
+      raise UserError(
+        f'ResNet.replace_stride_with_dilation={tuple(self.replace_stride_with_dilation)} dilates '
+        f'a stage the net lacks (it has {num_stages} stages; flag k is stage k + 2)'
+      )
+    bad = [s for s in self.deformable_stages if not 1 <= s <= num_stages]
+    if bad:
+      raise UserError(
+        f'ResNet.deformable_stages={tuple(self.deformable_stages)}; stages are numbered '
+        f'1..{num_stages}'
+      )
 
 
 def resnet(depth: int, **kwargs: Any) -> ResNet:
@@ -198,6 +295,11 @@ def resnet(depth: int, **kwargs: Any) -> ResNet:
   else:
     raise UserError(f'no ResNet of depth {depth}; known depths: {sorted(STAGE_SIZES)}')
   return ResNet(stage_sizes=STAGE_SIZES[depth], **(defaults | kwargs))
+
+
+def seresnet(depth: int, **kwargs: Any) -> ResNet:
+  """SE-ResNet (Hu et al. 2018): `resnet(depth)` with SE of reduction 16 in every block."""
+  return resnet(depth, **({'se_reduction': 16} | kwargs))
 
 
 def plain(depth: int, **kwargs: Any) -> ResNet:
