@@ -11,7 +11,9 @@ import jax.numpy as jnp
 
 from cnn_jax.errors import UserError, close_matches
 from cnn_jax.models.alexnet import alexnet, alexnet_tiny
+from cnn_jax.models.densenet import densenet, densenet_tiny
 from cnn_jax.models.efficientnet import efficientnet_tiny, efficientnet_variant
+from cnn_jax.models.googlenet import googlenet, googlenet_tiny
 from cnn_jax.models.lenet import LeNet5
 from cnn_jax.models.resnet import ResNet, plain, resnet, resnet_tiny, seresnet
 from cnn_jax.models.squeezenet import squeezenet, squeezenet_tiny
@@ -57,11 +59,20 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
   'vgg19_bn': partial(vgg, 19, batch_norm=True),
   'squeezenet1_0': partial(squeezenet, '1_0'),
   'squeezenet1_1': partial(squeezenet, '1_1'),
+  # GoogLeNet (Inception v1, Szegedy et al. 2015) with auxiliary classifiers in training.
+  'googlenet': googlenet,
+  # DenseNet (Huang et al. 2017), growth rate 32.
+  'densenet121': partial(densenet, 121),
+  'densenet161': partial(densenet, 161),
+  'densenet169': partial(densenet, 169),
+  'densenet201': partial(densenet, 201),
   # EfficientNet B0-B7 (Tan & Le 2019): the hand-set width/depth/resolution/dropout table.
   **{f'efficientnet_b{i}': partial(efficientnet_variant, f'b{i}') for i in range(8)},
   # Tiny variants for tests.
   'resnet_tiny': resnet_tiny,
   'efficientnet_tiny': efficientnet_tiny,
+  'googlenet_tiny': googlenet_tiny,
+  'densenet_tiny': densenet_tiny,
   'alexnet_tiny': alexnet_tiny,
   'vgg_tiny': vgg_tiny,
   'squeezenet_tiny': squeezenet_tiny,
