@@ -92,6 +92,8 @@ class DepthwiseConv(nn.Module):
 
   Parameters as flax's grouped `nn.Conv`: 'kernel' of shape (kh, kw, 1, C), optional 'bias' (C,),
   so weights move freely between this layer and `nn.Conv(C, ..., feature_group_count=C)`.
+  `impl`: 'auto' (shift-and-add on CPU, where XLA's grouped conv is 15-90x slower than PyTorch;
+  the grouped conv on GPU/TPU), 'shift' or 'grouped'; see `cnn_jax.depthwise`.
   """
 
   kernel_size: tuple[int, int] = (3, 3)
@@ -101,21 +103,22 @@ class DepthwiseConv(nn.Module):
   use_bias: bool = False
   dtype: Any = jnp.float32
   kernel_init: Callable = conv_kernel_init
+  impl: str = 'auto'  # 'auto' | 'shift' | 'grouped'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    from cnn_jax.depthwise import depthwise_conv
+
     c = x.shape[-1]
     kernel = self.param('kernel', self.kernel_init, (*self.kernel_size, 1, c), jnp.float32)
     x, kernel = jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype)
-    padding = self.padding if isinstance(self.padding, str) else [(self.padding, self.padding)] * 2
-    y = jax.lax.conv_general_dilated(
+    y = depthwise_conv(
       x,
       kernel,
-      window_strides=(self.strides, self.strides),
-      padding=padding,
-      rhs_dilation=(self.dilation, self.dilation),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-      feature_group_count=c,
+      strides=self.strides,
+      padding=self.padding,
+      dilation=self.dilation,
+      impl=self.impl,
     )
     if self.use_bias:
       y = y + jnp.asarray(self.param('bias', nn.initializers.zeros, (c,), jnp.float32), self.dtype)

@@ -28,12 +28,43 @@ REFERENCE = {
   'resnet44': '0.66 M (He et al.)',
   'resnet56': '0.85 M (He et al.)',
   'resnet110': '1.7 M (He et al.)',
+  'seresnet50': '28,088,024 (timm/torchvision-style SE-ResNet-50)',
+  'alexnet': '61,100,840 (torchvision)',
+  'vgg11': '132,863,336 (torchvision)',
+  'vgg11_bn': '132,868,840 (torchvision)',
+  'vgg16': '138,357,544 (torchvision)',
+  'vgg16_bn': '138,365,992 (torchvision)',
+  'vgg19': '143,667,240 (torchvision)',
+  'vgg19_bn': '143,678,248 (torchvision)',
+  'googlenet': '13,004,888 with aux heads, 6,624,904 without (torchvision)',
+  'densenet121': '7,978,856 (torchvision)',
+  'densenet169': '14,149,480 (torchvision)',
+  'densenet201': '20,013,928 (torchvision)',
+  'squeezenet1_0': '1,248,424 (torchvision)',
+  'squeezenet1_1': '1,235,496 (torchvision)',
+  'mobilenet_v1': '4,231,976 (1.0, 224)',
+  'mobilenet_v2': '3,504,872 (torchvision)',
+  **{
+    f'efficientnet_b{i}': f'{n} (torchvision)'
+    for i, n in enumerate(
+      [
+        '5,288,548',
+        '7,794,184',
+        '9,109,994',
+        '12,233,232',
+        '19,341,616',
+        '30,389,784',
+        '43,040,704',
+        '66,347,960',
+      ]
+    )
+  },
 }
 
 
 def input_shape(name: str) -> tuple[int, int, int]:
   depth = ''.join(c for c in name if c.isdigit())
-  small = name in ('lenet5', 'resnet_tiny') or (depth and int(depth) in CIFAR_DEPTHS)
+  small = name == 'lenet5' or name.endswith('_tiny') or (depth and int(depth) in CIFAR_DEPTHS)
   return (32, 32, 3) if small else (224, 224, 3)
 
 

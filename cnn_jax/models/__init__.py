@@ -15,6 +15,12 @@ from cnn_jax.models.densenet import densenet, densenet_tiny
 from cnn_jax.models.efficientnet import efficientnet_tiny, efficientnet_variant
 from cnn_jax.models.googlenet import googlenet, googlenet_tiny
 from cnn_jax.models.lenet import LeNet5
+from cnn_jax.models.mobilenet import (
+  mobilenet_v1,
+  mobilenet_v1_tiny,
+  mobilenet_v2,
+  mobilenet_v2_tiny,
+)
 from cnn_jax.models.resnet import ResNet, plain, resnet, resnet_tiny, seresnet
 from cnn_jax.models.squeezenet import squeezenet, squeezenet_tiny
 from cnn_jax.models.vgg import vgg, vgg_tiny
@@ -66,12 +72,17 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
   'densenet161': partial(densenet, 161),
   'densenet169': partial(densenet, 169),
   'densenet201': partial(densenet, 201),
+  # MobileNet v1 (Howard et al. 2017) and v2 (Sandler et al. 2018), fast depthwise path on CPU.
+  'mobilenet_v1': mobilenet_v1,
+  'mobilenet_v2': mobilenet_v2,
   # EfficientNet B0-B7 (Tan & Le 2019): the hand-set width/depth/resolution/dropout table.
   **{f'efficientnet_b{i}': partial(efficientnet_variant, f'b{i}') for i in range(8)},
   # Tiny variants for tests.
   'resnet_tiny': resnet_tiny,
   'efficientnet_tiny': efficientnet_tiny,
   'googlenet_tiny': googlenet_tiny,
+  'mobilenet_v1_tiny': mobilenet_v1_tiny,
+  'mobilenet_v2_tiny': mobilenet_v2_tiny,
   'densenet_tiny': densenet_tiny,
   'alexnet_tiny': alexnet_tiny,
   'vgg_tiny': vgg_tiny,

@@ -1,0 +1,213 @@
+"""MobileNet v1 / v2: parameter counts and MACs against the papers and torchvision, features."""
+
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnn_jax import summary
+from cnn_jax.errors import UserError
+from cnn_jax.layers import DepthwiseConv
+from cnn_jax.models import mobilenet
+from cnn_jax.models.mobilenet import InvertedResidual, make_divisible
+
+
+def _key(seed: int = 0) -> jax.Array:
+  # 'rbg': threefry's random init compiles ~10x slower on XLA:CPU.
+  return jax.random.key(seed, impl='rbg')
+
+
+def _shapes(model, input_shape):
+  x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
+  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+
+
+def _init(model, input_shape, seed: int = 0) -> dict:
+  """He-normal kernels, unit BN scales and variances, zero biases and means, from numpy.
+
+  Skips compiling `model.init` (2-3 s for a tiny MobileNet on XLA:CPU).
+  """
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, s):
+    name = path[-1].key
+    if name == 'kernel':
+      return rng.normal(0, np.sqrt(2 / np.prod(s.shape[:-1])), s.shape).astype(np.float32)
+    return (np.ones if name in ('scale', 'var') else np.zeros)(s.shape, np.float32)
+
+  return jax.tree_util.tree_map_with_path(leaf, _shapes(model, input_shape))
+
+
+def _num_params(model, input_shape=(1, 32, 32, 3)) -> int:
+  return sum(p.size for p in jax.tree.leaves(_shapes(model, input_shape)['params']))
+
+
+def test_params_equal_references():
+  # v1: Keras' MobileNet(alpha=1.0) with BN and a biased classifier; v2: torchvision.
+  assert _num_params(mobilenet.mobilenet_v1()) == 4_231_976
+  assert _num_params(mobilenet.mobilenet_v2()) == 3_504_872
+  # Howard et al. Table 6: 0.50 MobileNet-224 has 1.3 M parameters, 0.25 MobileNet 0.5 M.
+  assert round(_num_params(mobilenet.mobilenet_v1(width_multiplier=0.5)) / 1e6, 1) == 1.3
+  assert round(_num_params(mobilenet.mobilenet_v1(width_multiplier=0.25)) / 1e6, 1) == 0.5
+
+
+def test_macs_match_papers():
+  # Howard et al. Table 8: 569 M mult-adds; Sandler et al. Table 4 / torchvision: 300 M (0.30 G).
+  v1 = summary.summarize(mobilenet.mobilenet_v1(), (224, 224, 3))
+  v2 = summary.summarize(mobilenet.mobilenet_v2(), (224, 224, 3))
+  assert v1.total_macs == 568_740_352 and v2.total_macs == 300_774_272
+  assert v2.total_params == 3_504_872
+  dw = [r for r in v2.rows if r.type == 'DepthwiseConv']
+  assert len(dw) == 17 and dw[0].macs == 112 * 112 * 32 * 9
+
+
+def test_make_divisible_is_torchvision_rounding():
+  assert [make_divisible(c * 0.5) for c in (32, 16, 24, 64, 96, 160, 320)] == [
+    16,
+    8,
+    16,
+    32,
+    48,
+    80,
+    160,
+  ]
+  assert make_divisible(1280 * 1.4) == 1792 and make_divisible(3) == 8
+  assert make_divisible(12.0, 8) == 16  # 12 rounds half up
+  assert make_divisible(10.0, 8) == 16  # 8 would be more than 10% below 10
+
+
+def test_block_names_mirror_torchvision_features():
+  v2 = _shapes(mobilenet.mobilenet_v2(), (1, 32, 32, 3))['params']
+  assert set(v2) == {'stem_conv', 'stem_bn', 'last_conv', 'last_bn', 'head'} | {
+    f'block{i}' for i in range(1, 18)
+  }
+  assert set(v2['block1']) == {'dw_conv', 'dw_bn', 'project_conv', 'project_bn'}  # t = 1
+  assert v2['block2']['expand_conv']['kernel'].shape == (1, 1, 16, 96)
+  assert v2['block2']['dw_conv']['kernel'].shape == (3, 3, 1, 96)  # nn.Conv's grouped layout
+  v1 = _shapes(mobilenet.mobilenet_v1(), (1, 32, 32, 3))['params']
+  assert len([k for k in v1 if k.startswith('block')]) == 13
+  assert set(v1['block13']) == {'dw_conv', 'dw_bn', 'pw_conv', 'pw_bn'}
+
+
+@pytest.mark.parametrize('name', ['mobilenet_v1', 'mobilenet_v2'])
+def test_feature_strides(name):
+  model = getattr(mobilenet, name)()
+  x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  feats = jax.eval_shape(lambda v, x: model.apply(v, x, features=True), _shapes(model, x.shape), x)
+  spatial = {k: v.shape[1] for k, v in feats.items() if v.ndim == 4}
+  assert spatial == {
+    'stem': 112,
+    'stage1': 112,
+    'stage2': 56,
+    'stage3': 28,
+    'stage4': 14,
+    'stage5': 7,
+  }
+  channels = {'mobilenet_v1': (64, 128, 256, 512, 1024), 'mobilenet_v2': (16, 24, 32, 96, 320)}
+  assert tuple(feats[f'stage{i}'].shape[-1] for i in range(1, 6)) == channels[name]
+  assert feats['pre_logits'].shape == (1, 1024 if name == 'mobilenet_v1' else 1280)
+
+
+def test_inverted_residual_adds_shortcut_only_when_shapes_match():
+  x = np.random.default_rng(0).normal(size=(1, 4, 4, 8)).astype(np.float32)
+  kw = dict(
+    conv=partial(nn.Conv, use_bias=False),
+    depthwise=partial(DepthwiseConv, padding=1),
+    norm=partial(nn.BatchNorm, use_running_average=True),
+  )
+  for features, strides, residual in ((8, 1, True), (16, 1, False), (8, 2, False)):
+    block = InvertedResidual(features, expansion=6, strides=strides, **kw)
+    variables = _init(block, x.shape)
+    # A zero scale on the projection's BN zeroes the branch: what is left is the shortcut.
+    bn = variables['params']['project_bn']
+    variables['params']['project_bn'] = {'scale': jnp.zeros_like(bn['scale']), 'bias': bn['bias']}
+    y = jax.jit(block.apply)(variables, x)
+    np.testing.assert_allclose(y, x if residual else jnp.zeros_like(y), atol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['mobilenet_v1_tiny', 'mobilenet_v2_tiny'])
+def test_tiny_train_step_is_finite(name):
+  x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  labels = jnp.array([3, 7])
+  model = getattr(mobilenet, name)(dropout_rate=0.5)
+
+  variables = _init(model, x.shape)
+
+  @jax.jit
+  def step(params, stats):
+    def loss_fn(params):
+      logits, updates = model.apply(
+        {'params': params, 'batch_stats': stats},
+        x,
+        train=True,
+        mutable=['batch_stats'],
+        rngs={'dropout': _key(5)},
+      )
+      loss = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+      return loss, updates['batch_stats']
+
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return loss, grads, new_stats
+
+  # Checks in numpy: eager jnp ops would compile once per leaf shape (seconds in all).
+  stats = variables['batch_stats']
+  loss, grads, new_stats = jax.device_get(step(variables['params'], stats))
+  assert np.isfinite(loss)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  assert np.abs(grads['block2']['dw_conv']['kernel']).max() > 0
+  changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), stats, new_stats)
+  assert all(jax.tree.leaves(changed)), 'some running statistics were not updated'
+
+
+def test_depthwise_impls_agree_in_the_model():
+  # Gradients of both forms are compared layer by layer in test_depthwise.py; here the forward.
+  x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  variables = _init(mobilenet.mobilenet_v2_tiny(), x.shape)
+
+  @jax.jit
+  def both(variables, x):
+    return [
+      mobilenet.mobilenet_v2_tiny(depthwise_impl=impl).apply(variables, x, features=True)
+      for impl in ('shift', 'grouped')
+    ]
+
+  shift, grouped = both(variables, x)
+  for k in shift:
+    np.testing.assert_allclose(shift[k], grouped[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize('name', ['mobilenet_v1_tiny', 'mobilenet_v2_tiny'])
+def test_tiny_summary_and_features(name):
+  model = getattr(mobilenet, name)()
+  s = summary.summarize(model, (32, 32, 3))
+  assert s.total_params == _num_params(model) and s.total_macs > 0
+  x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  feats = jax.eval_shape(lambda v, x: model.apply(v, x, features=True), _shapes(model, x.shape), x)
+  assert [feats[f'stage{i}'].shape[1] for i in range(1, 6)] == [16, 8, 4, 2, 1]
+  assert feats['stem'].shape[1] == 16 and feats['logits'].shape == (2, 10)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model = mobilenet.mobilenet_v2_tiny(dtype=jnp.bfloat16)
+  variables = _shapes(model, (1, 32, 32, 3))
+  assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  out = jax.eval_shape(
+    lambda v, x: model.apply(v, x, features=True),
+    variables,
+    jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32),
+  )
+  assert out['stage5'].dtype == jnp.bfloat16 and out['logits'].dtype == jnp.float32
+
+
+def test_bad_field_values_raise_user_error():
+  with pytest.raises(UserError, match=r'MobileNetV2.width_multiplier=0; expected a positive'):
+    _num_params(mobilenet.mobilenet_v2_tiny(width_multiplier=0))
+  with pytest.raises(
+    UserError, match=r'MobileNetV1.dropout_rate=1.0; expected a value in \[0, 1\)'
+  ):
+    _num_params(mobilenet.mobilenet_v1_tiny(dropout_rate=1.0))
+  with pytest.raises(UserError, match=r"MobileNetV1.depthwise_impl='cuda'; expected 'auto'"):
+    _num_params(mobilenet.mobilenet_v1_tiny(depthwise_impl='cuda'))
