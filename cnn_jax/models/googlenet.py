@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
 from cnn_jax.layers import GlobalAvgPool, MaxPool
+from cnn_jax.models.alexnet import AdaptiveAvgPool  # torch bins; one copy, shared
 
 ModuleDef = Any
 
@@ -122,26 +123,6 @@ class Inception(nn.Module):
     b4 = MaxPool((3, 3), (1, 1), padding=ceil_mode_padding(x.shape, 3, 1, 1), name='branch4_0')(x)
     b4 = block(c4, 1, name='branch4_1')(b4)
     return jnp.concatenate([b1, b2, b3, b4], axis=-1)  # (B, H, W, c1 + c2 + c3 + c4)
-
-
-class AdaptiveAvgPool(nn.Module):
-  """torch's adaptive_avg_pool2d: bin i of n over a length L is [floor(iL/n), ceil((i+1)L/n))."""
-
-  output_size: tuple[int, int] = (4, 4)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for axis, n in zip((1, 2), self.output_size, strict=True):
-      size = x.shape[axis]
-      bins = [
-        jnp.mean(
-          jax.lax.slice_in_dim(x, i * size // n, -(-(i + 1) * size // n), axis=axis),
-          axis=axis,
-          keepdims=True,
-        )
-        for i in range(n)
-      ]
-      x = jnp.concatenate(bins, axis=axis)
-    return x
 
 
 class InceptionAux(nn.Module):
