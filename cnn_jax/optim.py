@@ -20,7 +20,13 @@ def _steps(cfg: ml_collections.ConfigDict, key: str, steps_per_epoch: int) -> in
 def create_schedule(
   cfg: ml_collections.ConfigDict, num_steps: int, steps_per_epoch: int
 ) -> optax.Schedule:
-  """Linear warmup from 0, then 'cosine' decay to 0, 'step' decay, or 'constant'."""
+  """Linear warmup from 0, then one of:
+
+  'cosine' decay to 0; 'linear' decay to 0 (SqueezeNet's "poly" policy with power 1);
+  'step': times decay_factor at each of decay_epochs (or decay_steps);
+  'exponential': times decay_factor every decay_every_epochs, staircase (MobileNet, EfficientNet:
+  0.97 every 2.4 epochs); 'constant'.
+  """
   warmup = min(_steps(cfg, 'warmup', steps_per_epoch), num_steps)
   if cfg.schedule == 'cosine':
     main = optax.cosine_decay_schedule(cfg.lr, decay_steps=max(num_steps - warmup, 1))
@@ -33,11 +39,17 @@ def create_schedule(
     main = optax.piecewise_constant_schedule(
       cfg.lr, {max(b - warmup, 1): cfg.decay_factor for b in boundaries}
     )
+  elif cfg.schedule == 'linear':
+    main = optax.linear_schedule(cfg.lr, 0.0, max(num_steps - warmup, 1))
+  elif cfg.schedule == 'exponential':
+    every = max(int(round(cfg.decay_every_epochs * steps_per_epoch)), 1)
+    main = optax.exponential_decay(cfg.lr, every, cfg.decay_factor, staircase=True)
   elif cfg.schedule == 'constant':
     main = optax.constant_schedule(cfg.lr)
   else:
     raise UserError(
-      f"unknown optimizer.schedule '{cfg.schedule}'; use 'cosine', 'step' or 'constant'"
+      f"unknown optimizer.schedule '{cfg.schedule}'; "
+      "use 'cosine', 'linear', 'step', 'exponential' or 'constant'"
     )
   if warmup == 0:
     return main
@@ -52,15 +64,29 @@ def decay_mask(params: PyTree) -> PyTree:
 def create_optimizer(
   cfg: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
-  """'sgd' (momentum, optional Nesterov) or 'adamw', weight decay on kernels only."""
+  """'sgd' (momentum, optional Nesterov), 'rmsprop' or 'adamw'; weight decay on kernels only."""
+  # sgd and rmsprop: coupled L2 as in the papers' code (wd * w added to the gradient first).
+  l2 = optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask)
   if cfg.name == 'sgd':
-    # Coupled L2 as in the ResNet papers: wd * w is added to the gradient before momentum.
     return optax.chain(
-      optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
-      optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
+      l2, optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+    )
+  if cfg.name == 'rmsprop':
+    # TensorFlow's RMSProp, which MobileNet and EfficientNet were trained with: eps inside the
+    # square root and the mean square started at 1, not 0 (so the first steps are not huge).
+    return optax.chain(
+      l2,
+      optax.rmsprop(
+        schedule,
+        decay=cfg.rms_decay,
+        eps=cfg.eps,
+        initial_scale=1.0,
+        eps_in_sqrt=True,
+        momentum=cfg.momentum or None,
+      ),
     )
   if cfg.name == 'adamw':
     return optax.adamw(
       schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask
     )
-  raise UserError(f"unknown optimizer.name '{cfg.name}'; use 'sgd' or 'adamw'")
+  raise UserError(f"unknown optimizer.name '{cfg.name}'; use 'sgd', 'rmsprop' or 'adamw'")

@@ -26,18 +26,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_batch_size = 256
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = 'sgd'  # 'sgd' | 'adamw'
+  config.optimizer.name = 'sgd'  # 'sgd' | 'rmsprop' | 'adamw'
   config.optimizer.lr = 0.1
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = False
   config.optimizer.b1 = 0.9  # adamw
   config.optimizer.b2 = 0.999  # adamw
+  config.optimizer.rms_decay = 0.9  # rmsprop: decay of the mean square
+  config.optimizer.eps = 1e-3  # rmsprop (TensorFlow's convention: inside the square root)
   config.optimizer.weight_decay = 1e-4  # on kernels only, never on biases or norm parameters
-  config.optimizer.schedule = 'cosine'  # 'cosine' | 'step' | 'constant', after linear warmup
+  # After a linear warmup: 'cosine' | 'linear' | 'step' | 'exponential' | 'constant' (optim.py).
+  config.optimizer.schedule = 'cosine'
   config.optimizer.warmup_epochs = 0.0
   config.optimizer.warmup_steps = -1  # >= 0 overrides warmup_epochs
   config.optimizer.decay_epochs = ()  # 'step': multiply by decay_factor at these epochs
   config.optimizer.decay_steps = ()  # ... or at these steps (used when not empty)
+  config.optimizer.decay_every_epochs = 1.0  # 'exponential': multiply by decay_factor this often
   config.optimizer.decay_factor = 0.1
   config.label_smoothing = 0.0
 
@@ -49,3 +53,47 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.half_precision = False  # bfloat16 compute, float32 parameters (for GPU/TPU)
   config.parallel = 'shard_map'  # 'shard_map' (jit over a device mesh) | 'pmap'
   return config
+
+
+# The variants every family config accepts as its argument ('' is the offline default).
+VARIANTS = ('', 'digits', 'cifar10', 'imagenet2012')
+
+
+def set_variant(
+  config: ml_collections.ConfigDict, arg: str | None, *, cifar_image_size: int = 32
+) -> str:
+  """Points `config` at the dataset of variant `arg` and returns the variant ('digits' for '').
+
+  cifar10 and imagenet2012 also get the logging cadence of a long run; the family config then sets
+  its paper's recipe. `cifar_image_size`: nets with an ImageNet stem that cannot take 32x32
+  (AlexNet) see CIFAR images resized up.
+  """
+  if arg in (None, '', 'digits'):
+    return 'digits'
+  if arg not in VARIANTS:
+    raise ValueError(f"unknown variant '{arg}'; use one of {', '.join(map(repr, VARIANTS))}")
+  config.dataset = arg
+  config.log_every_steps = 100
+  if arg == 'cifar10':
+    config.image_size = cifar_image_size
+    config.eval_every_steps = config.checkpoint_every_steps = 2_000
+  else:
+    config.image_size = 224
+    config.batch_size = 256
+    config.eval_every_steps = config.checkpoint_every_steps = 5_000
+  return arg
+
+
+def set_offline_recipe(config: ml_collections.ConfigDict, num_epochs: float) -> None:
+  """The recipe every offline default shares (1,437 digits, batch 128: 11 steps an epoch).
+
+  SGD + Nesterov 0.1, 1 warmup epoch then cosine, weight decay 5e-4, label smoothing 0.1: the
+  ResNet-20 prototype's recipe (DESIGN.md), which trains every family here without tuning.
+  Evaluates and saves every 5 epochs.
+  """
+  config.num_epochs = num_epochs
+  config.optimizer.nesterov = True
+  config.optimizer.weight_decay = 5e-4
+  config.optimizer.warmup_epochs = 1.0
+  config.label_smoothing = 0.1
+  config.eval_every_steps = config.checkpoint_every_steps = 55

@@ -21,39 +21,23 @@ from configs import default
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = default.get_config()
   config.model.name = 'resnet20'
-  if arg in (None, '', 'digits'):
+  config.model.deformable_stages = ()  # e.g. (3,): deformable conv v2 in stage 3's 3x3 convs
+  variant = default.set_variant(config, arg)
+  if variant == 'digits':
     # Sized for 2 CPU cores: 1,437 training images, 11 steps an epoch.
-    config.num_epochs = 10.0
-    config.optimizer.nesterov = True
-    config.optimizer.weight_decay = 5e-4
-    config.optimizer.warmup_epochs = 1.0
-    config.label_smoothing = 0.1
-    config.eval_every_steps = 55  # every 5 epochs
-    config.checkpoint_every_steps = 55
-  elif arg == 'cifar10':
+    default.set_offline_recipe(config, num_epochs=10.0)
+  elif variant == 'cifar10':
     # He et al. 2016, sec. 4.2: batch 128, lr 0.1 divided by 10 at 32k and 48k iterations,
     # stop at 64k; weight decay 1e-4, momentum 0.9; 4-pixel pad, 32x32 crop, horizontal flip.
-    config.dataset = 'cifar10'
     config.num_train_steps = 64_000
     config.optimizer.schedule = 'step'
     config.optimizer.decay_steps = (32_000, 48_000)
-    config.log_every_steps = 100
-    config.eval_every_steps = 2_000
-    config.checkpoint_every_steps = 2_000
-  elif arg == 'imagenet2012':
+  else:
     # torchvision's reference: 90 epochs, batch 256, lr 0.1 divided by 10 every 30 epochs,
     # weight decay 1e-4, momentum 0.9; random-resized crop 224 + flip; eval 256 -> 224 crop.
-    config.dataset = 'imagenet2012'
     config.model.name = 'resnet50'
-    config.image_size = 224
-    config.batch_size = 256
     config.optimizer.lr = 0.1 * config.batch_size / 256  # linear scaling rule (Goyal et al.)
     config.num_epochs = 90.0
     config.optimizer.schedule = 'step'
     config.optimizer.decay_epochs = (30.0, 60.0)
-    config.log_every_steps = 100
-    config.eval_every_steps = 5_000
-    config.checkpoint_every_steps = 5_000
-  else:
-    raise ValueError(f"unknown variant '{arg}'; use '', 'cifar10' or 'imagenet2012'")
   return config
