@@ -10,6 +10,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from cnn_jax.errors import UserError
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -85,6 +88,133 @@ class SqueezeExcite(nn.Module):
     s = self.activation(s)
     s = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name='expand')(s)
     return x * self.gate(s)
+
+
+POINTWISE_IMPLS = ('auto', 'dot', 'conv')
+
+
+def resolve_pointwise_impl(impl: str) -> str:
+  """'dot' or 'conv': 'auto' is the matmul on CPU, XLA's convolution elsewhere."""
+  if impl not in POINTWISE_IMPLS:
+    raise UserError(f'pointwise conv impl={impl!r}; expected one of {POINTWISE_IMPLS}')
+  if impl == 'auto':
+    return 'dot' if jax.default_backend() == 'cpu' else 'conv'
+  return impl
+
+
+class PointwiseConv(nn.Conv):
+  """`nn.Conv` whose 1x1, stride-1 case runs as one matmul of the (B*H*W, C_in) pixel matrix.
+
+  Same parameters as `nn.Conv` ('kernel' (1, 1, C_in, C_out), optional 'bias'), so checkpoints
+  and weight import do not see the difference. XLA:CPU runs a 1x1 `conv_general_dilated` and its
+  gradients 2-3.5x slower than the same contraction written as a dot (MobileNet-v2 shapes, batch
+  32, 2 cores); on GPU/TPU the convolution is lowered to the same matmul, so `impl='auto'` keeps
+  it there. Any other kernel size, stride, dilation, padding or grouping runs `nn.Conv` as is.
+  """
+
+  impl: str = 'auto'  # 'auto' | 'dot' | 'conv'
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    if resolve_pointwise_impl(self.impl) == 'conv' or not self._is_pointwise(inputs):
+      return super().__call__(inputs)
+    c_in = inputs.shape[-1]
+    kernel = self.param('kernel', self.kernel_init, (1, 1, c_in, self.features), self.param_dtype)
+    bias = (
+      self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+      if self.use_bias
+      else None
+    )
+    x, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    y = lax.dot_general(
+      x.reshape(-1, c_in),  # (B*H*W, C_in): a free reshape of NHWC
+      kernel.reshape(c_in, self.features),
+      (((1,), (0,)), ((), ())),
+      precision=self.precision,
+    )
+    if bias is not None:
+      y = y + bias
+    return y.reshape(*inputs.shape[:-1], self.features)
+
+  def _is_pointwise(self, inputs: jax.Array) -> bool:
+    spatial = inputs.ndim - 2
+    ks = (self.kernel_size,) * spatial if isinstance(self.kernel_size, int) else self.kernel_size
+    ones = (None, 1, (1,) * spatial, [1] * spatial)
+    pad = self.padding
+    zero_pad = pad in ('SAME', 'VALID', 0) or (
+      not isinstance(pad, str | int) and all(tuple(p) in ((0, 0), (0,)) for p in pad)
+    )
+    return (
+      inputs.ndim >= 3
+      and tuple(ks) == (1,) * spatial
+      and self.strides in ones
+      and self.input_dilation in ones
+      and self.kernel_dilation in ones
+      and self.feature_group_count == 1
+      and self.shared_weights
+      and self.mask is None
+      and zero_pad
+    )
+
+
+class BatchNorm(nn.BatchNorm):
+  """`nn.BatchNorm` with a training-mode forward that XLA:CPU runs with fewer passes.
+
+  Same parameters, statistics, defaults and results (to float rounding) as flax's. In training
+  flax computes `(x - mean) * (rsqrt(var + eps) * scale) + bias`; autodiff then keeps `x - mean`
+  for the backward, a full-size array written in the forward and read in the backward (XLA's
+  reductions cannot take the broadcast subtraction as an input). Here the batch statistics are
+  the same one-pass moments (flax's `use_fast_variance`), and the output is the affine map
+  `x * a + (bias - mean * a)` with `a = scale * rsqrt(var + eps)`: its gradient needs only sums
+  of `dy` and `dy * x`, which fuse into the reductions. One BN + ReLU6 layer at
+  (32, 64, 64, 96), forward + backward: 154 ms with flax's form, 117 ms with this one (2 cores).
+  Evaluation, masks, axis groups, other axes and the two-pass variance run flax's code.
+  """
+
+  @nn.compact
+  def __call__(
+    self,
+    x: jax.Array,
+    use_running_average: bool | None = None,
+    *,
+    mask: jax.Array | None = None,
+  ) -> jax.Array:
+    running = nn.merge_param('use_running_average', self.use_running_average, use_running_average)
+    fast = (
+      not running
+      and mask is None
+      and self.axis in (-1, x.ndim - 1)
+      and self.axis_index_groups is None
+      and self.use_fast_variance
+      and self.force_float32_reductions
+    )
+    if not fast:
+      return super().__call__(x, use_running_average, mask=mask)
+    c = x.shape[-1]
+    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), (c,))
+    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), (c,))
+    scale = self.param('scale', self.scale_init, (c,), self.param_dtype) if self.use_scale else None
+    bias = self.param('bias', self.bias_init, (c,), self.param_dtype) if self.use_bias else None
+
+    stat_dtype = jnp.promote_types(self.dtype or x.dtype, jnp.float32)
+    xs = x.astype(stat_dtype)
+    axes = tuple(range(x.ndim - 1))
+    mean, mean_sq = jnp.mean(xs, axes), jnp.mean(jnp.square(xs), axes)
+    if self.axis_name is not None and not self.is_initializing():
+      # One collective for both moments, as flax does.
+      mean, mean_sq = lax.pmean(jnp.stack([mean, mean_sq]), self.axis_name)
+    var = jnp.maximum(0.0, mean_sq - jnp.square(mean))  # rounding can make it negative
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+
+    a = lax.rsqrt(var + self.epsilon)
+    if scale is not None:
+      a = a * scale
+    b = -mean * a if bias is None else bias - mean * a
+    y = xs * a + b
+    out_dtype = self.dtype or jnp.result_type(x, *(p for p in (scale, bias) if p is not None))
+    return y.astype(out_dtype)
 
 
 class DepthwiseConv(nn.Module):

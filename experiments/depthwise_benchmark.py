@@ -1,16 +1,18 @@
 """Depthwise convolution on CPU: XLA's grouped conv vs the shift-and-add form (vs PyTorch).
 
-  python experiments/depthwise_benchmark.py               # ~4 minutes on 2 cores
-  python experiments/depthwise_benchmark.py --quick       # fewer repetitions, 1 minute less
+  python experiments/depthwise_benchmark.py               # ~6 minutes on 2 cores
+  python experiments/depthwise_benchmark.py --quick       # fewer repetitions, no torch steps
 
 Times, in milliseconds, the median of --reps calls after a warm-up call (compilation timed
 apart, with `lower().compile()`):
 - a 3x3 depthwise conv (padding 1, no bias) at MobileNet-v2 shapes, batch 32: forward, and
   forward + both gradients (`jax.vjp` with a fixed cotangent; PyTorch: `y.backward(g)`);
-- a whole MobileNet-v2 train step (batch 32, --image_size px, SGD with momentum, BN statistics).
+- whole train steps (batch 32, --image_size px, SGD with momentum, BN statistics, dropout) of
+  MobileNet-v2 and EfficientNet-B0, JAX and PyTorch calls interleaved round by round so that
+  both see the same machine load (the machine is shared).
 The grouped conv takes seconds per call, so it runs --slow_reps times without a warm-up call.
 PyTorch (if importable) runs channels_last (NCHW is 4-10x slower on CPU) with its default
-threads; its MobileNet-v2 is a torchvision-free copy of the same layout.
+threads; its MobileNet-v2 and EfficientNet-B0 are torchvision-free copies of the same layouts.
 
 Prints a table and writes experiments/results/depthwise_benchmark.json. The machine is shared:
 the load average before and after is recorded with the numbers.
@@ -24,6 +26,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,6 +37,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from cnn_jax.depthwise import depthwise_conv  # noqa: E402
+from cnn_jax.models.efficientnet import B0_STAGES, efficientnet_variant  # noqa: E402
 from cnn_jax.models.mobilenet import V2_SETTING, mobilenet_v2  # noqa: E402
 
 # (H, W, C, stride): depthwise layers of MobileNet-v2 at 224 px (blocks 2, 4, 6-7, 14-16).
@@ -137,51 +141,52 @@ def bench_layers_torch(batch: int, reps: int) -> list[dict]:
   return rows
 
 
-def bench_train_step_jax(batch: int, size: int, reps: int, slow_reps: int) -> list[dict]:
+def _interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
+  """Seconds per call of each fn, one call of each per round, after one warm-up call each."""
+  for fn in fns.values():
+    fn()
+  times: dict[str, list[float]] = {name: [] for name in fns}
+  for _ in range(reps):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  return times
+
+
+def _jax_train_step(model, batch: int, size: int) -> tuple[Callable[[], Any], float]:
+  """A jitted SGD-momentum train step of `model` on fixed data; (call, compile seconds)."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 1000, batch))
   key = jax.random.key(0, impl='rbg')
-  variables = jax.jit(mobilenet_v2().init)(key, x[:1])
+  variables = jax.jit(model.init)(key, x[:1])
   tx = optax.sgd(0.05, momentum=0.9)
   state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
-  rows = []
-  for impl in IMPLS:
-    model = mobilenet_v2(depthwise_impl=impl)
 
-    def step(state, x, labels, model=model):
-      params, stats, opt_state = state
+  def step(state, x, labels):
+    params, stats, opt_state = state
 
-      def loss_fn(params):
-        logits, updates = model.apply(
-          {'params': params, 'batch_stats': stats},
-          x,
-          train=True,
-          mutable=['batch_stats'],
-          rngs={'dropout': key},
-        )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, updates['batch_stats']
+    def loss_fn(params):
+      logits, updates = model.apply(
+        {'params': params, 'batch_stats': stats},
+        x,
+        train=True,
+        mutable=['batch_stats'],
+        rngs={'dropout': key},
+      )
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, updates['batch_stats']
 
-      (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), stats, opt_state), loss
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), stats, opt_state), loss
 
-    f, compile_s = _compile(step, state, x, labels)
-    slow = impl == 'grouped'
-    times = _time(
-      lambda f=f: jax.block_until_ready(f(state, x, labels)),
-      slow_reps if slow else reps,
-      0 if slow else 1,
-    )
-    rows.append(_row('train_step', impl, times, compile_s, shape=[batch, size, size, 3]))
-    rows[-1]['images_per_s'] = batch / (rows[-1]['median_ms'] / 1e3)
-    print(_fmt(rows[-1]), flush=True)
-  return rows
+  f, compile_s = _compile(step, state, x, labels)
+  return (lambda: jax.block_until_ready(f(state, x, labels))), compile_s
 
 
-def bench_train_step_torch(batch: int, size: int, reps: int) -> list[dict]:
-  import torch
+def _torch_mobilenet_v2():
   from torch import nn
 
   def cbr(cin: int, cout: int, k: int = 1, s: int = 1, groups: int = 1, act: bool = True):
@@ -205,9 +210,62 @@ def bench_train_step_torch(batch: int, size: int, reps: int) -> list[dict]:
       layers.append(Block(cin, c, t, s if j == 0 else 1))  # width 1.0: no rounding needed
       cin = c
   layers += [*cbr(cin, 1280), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2)]
-  model = nn.Sequential(*layers, nn.Linear(1280, 1000)).to(memory_format=torch.channels_last)
+  return nn.Sequential(*layers, nn.Linear(1280, 1000))
+
+
+def _torch_efficientnet_b0():
+  """torchvision's efficientnet_b0 layout (5,288,548 parameters), stochastic depth included."""
+  import torch
+  from torch import nn
+
+  def cba(cin: int, cout: int, k: int = 1, s: int = 1, groups: int = 1, act: bool = True):
+    layers = [nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return layers + [nn.SiLU()] if act else layers
+
+  class SE(nn.Module):
+    def __init__(self, c: int, squeeze: int):
+      super().__init__()
+      self.reduce, self.expand = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
+
+    def forward(self, x):
+      s = nn.functional.adaptive_avg_pool2d(x, 1)
+      return x * torch.sigmoid(self.expand(nn.functional.silu(self.reduce(s))))
+
+  class MBConv(nn.Module):
+    def __init__(self, cin: int, cout: int, t: int, k: int, s: int, p: float):
+      super().__init__()
+      hidden = cin * t
+      layers = cba(cin, hidden) if t != 1 else []
+      layers += [*cba(hidden, hidden, k, s, groups=hidden), SE(hidden, max(1, cin // 4))]
+      self.body = nn.Sequential(*layers, *cba(hidden, cout, act=False))
+      self.residual, self.p = s == 1 and cin == cout, p
+
+    def forward(self, x):
+      y = self.body(x)
+      if not self.residual:
+        return y
+      if self.training and self.p > 0:
+        keep = torch.empty(y.shape[0], 1, 1, 1).bernoulli_(1 - self.p)
+        y = y * keep / (1 - self.p)
+      return x + y
+
+  total = sum(st.repeats for st in B0_STAGES)
+  layers, index = cba(3, 32, 3, 2), 0
+  for st in B0_STAGES:
+    for j in range(st.repeats):
+      cin, s = (st.in_features, st.strides) if j == 0 else (st.out_features, 1)
+      p = 0.2 * index / total
+      layers.append(MBConv(cin, st.out_features, st.expand_ratio, st.kernel_size, s, p))
+      index += 1
+  layers += [*cba(320, 1280), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2)]
+  return nn.Sequential(*layers, nn.Linear(1280, 1000))
+
+
+def _torch_train_step(model, batch: int, size: int) -> Callable[[], None]:
+  import torch
+
+  model = model.to(memory_format=torch.channels_last)
   model.train()
-  params = sum(p.numel() for p in model.parameters())
   opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
   x = torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
   labels = torch.randint(0, 1000, (batch,))
@@ -217,29 +275,61 @@ def bench_train_step_torch(batch: int, size: int, reps: int) -> list[dict]:
     torch.nn.functional.cross_entropy(model(x), labels).backward()
     opt.step()
 
-  row = _row('train_step', 'torch', _time(step, reps, 1), shape=[batch, size, size, 3])
-  row['images_per_s'] = batch / (row['median_ms'] / 1e3)
-  row['params'] = params
-  print(_fmt(row), flush=True)
-  return [row]
+  return step
+
+
+def bench_train_steps(
+  batch: int, size: int, reps: int, slow_reps: int, with_torch: bool, efficientnet: bool
+) -> list[dict]:
+  """MobileNet-v2 (and EfficientNet-B0) train steps, JAX and PyTorch interleaved."""
+  if with_torch:
+    __import__('torch').manual_seed(0)
+  models = {'mobilenet_v2': (mobilenet_v2, _torch_mobilenet_v2)}
+  if efficientnet:
+    models['efficientnet_b0'] = (partial(efficientnet_variant, 'b0'), _torch_efficientnet_b0)
+  fns, compile_s, params = {}, {}, {}
+  for name, (jax_model, torch_model) in models.items():
+    fns[(name, 'shift')], compile_s[(name, 'shift')] = _jax_train_step(jax_model(), batch, size)
+    print(f'compiled {name} ({compile_s[(name, "shift")]:.1f} s)', flush=True)
+    if with_torch:
+      module = torch_model()
+      params[(name, 'torch')] = sum(p.numel() for p in module.parameters())
+      fns[(name, 'torch')] = _torch_train_step(module, batch, size)
+  times = _interleaved(fns, reps)
+  # The grouped conv's step takes ~10 s: a few calls, no warm-up, after the others.
+  grouped, compile_s[('mobilenet_v2', 'grouped')] = _jax_train_step(
+    mobilenet_v2(depthwise_impl='grouped'), batch, size
+  )
+  times[('mobilenet_v2', 'grouped')] = _time(grouped, slow_reps, 0)
+  rows = []
+  for (name, impl), t in times.items():
+    row = _row(
+      f'train_step:{name}', impl, t, compile_s.get((name, impl)), shape=[batch, size, size, 3]
+    )
+    row['images_per_s'] = batch / (row['median_ms'] / 1e3)
+    if (name, impl) in params:
+      row['params'] = params[(name, impl)]
+    rows.append(row)
+    print(_fmt(row), flush=True)
+  return rows
 
 
 def _fmt(r: dict) -> str:
   compile_s = '' if r.get('compile_s') is None else f'{r["compile_s"]:6.1f}'
   shape = 'x'.join(map(str, r['shape'])) + (f' s{r["stride"]}' if 'stride' in r else '')
   return (
-    f'{r["kind"]:17s} {shape:22s} {r["impl"]:8s} {r["median_ms"]:10.1f} {r["min_ms"]:10.1f} '
+    f'{r["kind"]:28s} {shape:22s} {r["impl"]:8s} {r["median_ms"]:10.1f} {r["min_ms"]:10.1f} '
     f'{r["reps"]:4d} {compile_s:>9s}'
   )
 
 
 def _table(rows: list[dict]) -> str:
-  header = f'{"kind":17s} {"shape":22s} {"impl":8s} {"median ms":>10s} {"min ms":>10s} {"reps":>4s}'
+  header = f'{"kind":28s} {"shape":22s} {"impl":8s} {"median ms":>10s} {"min ms":>10s} {"reps":>4s}'
   lines = [header + f' {"compile s":>9s}', '-' * (len(header) + 10)]
   lines += [_fmt(r) for r in rows]
   # Speed-ups against the grouped conv and the ratio to PyTorch, per (kind, shape).
   lines.append('')
-  lines.append(f'{"kind":17s} {"shape":22s} {"grouped/shift":>14s} {"shift/torch":>12s}')
+  lines.append(f'{"kind":28s} {"shape":22s} {"grouped/shift":>14s} {"shift/torch":>12s}')
   groups: dict[tuple, dict[str, float]] = {}
   for r in rows:
     key = (
@@ -250,7 +340,7 @@ def _table(rows: list[dict]) -> str:
   for (kind, shape), t in groups.items():
     gs = f'{t["grouped"] / t["shift"]:.1f}x' if {'grouped', 'shift'} <= set(t) else '-'
     st = f'{t["shift"] / t["torch"]:.2f}' if {'torch', 'shift'} <= set(t) else '-'
-    lines.append(f'{kind:17s} {shape:22s} {gs:>14s} {st:>12s}')
+    lines.append(f'{kind:28s} {shape:22s} {gs:>14s} {st:>12s}')
   return '\n'.join(lines)
 
 
@@ -260,8 +350,11 @@ def main() -> dict:
   parser.add_argument('--image_size', type=int, default=128, help='train step input size')
   parser.add_argument('--reps', type=int, default=5)
   parser.add_argument('--slow_reps', type=int, default=1, help='repetitions of the grouped conv')
-  parser.add_argument('--quick', action='store_true', help='--reps 3, no train step for torch')
+  parser.add_argument(
+    '--quick', action='store_true', help='--reps 3, no torch train steps, no EfficientNet'
+  )
   parser.add_argument('--no_torch', action='store_true')
+  parser.add_argument('--no_efficientnet', action='store_true', help='MobileNet-v2 steps only')
   args = parser.parse_args()
   reps = 3 if args.quick else args.reps
 
@@ -278,9 +371,14 @@ def main() -> dict:
   rows = bench_layers_jax(args.batch, reps, args.slow_reps)
   if torch_version:
     rows += bench_layers_torch(args.batch, reps)
-  rows += bench_train_step_jax(args.batch, args.image_size, reps, args.slow_reps)
-  if torch_version and not args.quick:
-    rows += bench_train_step_torch(args.batch, args.image_size, reps)
+  rows += bench_train_steps(
+    args.batch,
+    args.image_size,
+    reps,
+    args.slow_reps,
+    with_torch=bool(torch_version) and not args.quick,
+    efficientnet=not (args.quick or args.no_efficientnet),
+  )
   result = dict(
     machine=dict(
       cpu=platform.processor() or platform.machine(),

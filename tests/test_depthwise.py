@@ -13,7 +13,8 @@ from cnn_jax.layers import DepthwiseConv
 
 # (kernel, stride, dilation, padding, (H, W)): every value of each factor, odd and even sizes,
 # chosen so that each pair of (kernel, stride, dilation, padding kind) appears at least once
-# (the full 48-case product passes too; it costs ~20 s of compilation).
+# (the full product of kernels 1/3/5, strides 1/2/3, dilations 1/2, paddings 0/1/2/SAME/VALID and
+# three input sizes, 246 cases with output pixels, passes too; it costs ~2 minutes).
 CASES = [
   (3, 1, 1, 1, (11, 9)),
   (3, 2, 1, 1, (10, 12)),
@@ -29,6 +30,10 @@ CASES = [
   (5, 1, 2, 'VALID', (10, 12)),
   (5, 2, 1, 'VALID', (11, 9)),
   (5, 2, 2, 4, (10, 12)),
+  # Stride 3 (three input phases per axis, some without taps) and a 1x1 kernel.
+  (3, 3, 1, 1, (10, 12)),
+  (5, 3, 2, 'SAME', (11, 9)),
+  (1, 2, 1, 0, (11, 9)),
 ]
 
 
@@ -64,7 +69,7 @@ def test_shift_equals_grouped(k, s, d, p, hw):
 @pytest.mark.parametrize('k, s, d, p, hw', [(3, 2, 1, 1, (11, 9)), (5, 1, 2, 'SAME', (10, 12))])
 def test_shift_equals_grouped_in_chunks(monkeypatch, k, s, d, p, hw):
   # Real inputs are chunked by size (a few MiB); a 1-byte budget forces 2 images per chunk, so
-  # batch 6 runs 3 chunks through the lax.map forward and the lax.scan kernel gradient.
+  # batch 6 runs 3 chunks through the lax.scan of the kernel gradient.
   monkeypatch.setattr(depthwise, '_CHUNK_BYTES', 1)
   assert depthwise._images_per_chunk(jnp.zeros((6, 4, 4, 1))) == 2
   _check_equal(k, s, d, p, hw, batch=6)

@@ -10,7 +10,7 @@ import pytest
 
 from cnn_jax import summary
 from cnn_jax.errors import UserError
-from cnn_jax.layers import DepthwiseConv
+from cnn_jax.layers import BatchNorm, DepthwiseConv, PointwiseConv
 from cnn_jax.models import mobilenet
 from cnn_jax.models.mobilenet import InvertedResidual, make_divisible
 
@@ -211,3 +211,105 @@ def test_bad_field_values_raise_user_error():
     _num_params(mobilenet.mobilenet_v1_tiny(dropout_rate=1.0))
   with pytest.raises(UserError, match=r"MobileNetV1.depthwise_impl='cuda'; expected 'auto'"):
     _num_params(mobilenet.mobilenet_v1_tiny(depthwise_impl='cuda'))
+
+
+def _max_rel_err(a, b) -> float:
+  return max(
+    float(np.max(np.abs(np.asarray(x, np.float64) - y)) / (np.max(np.abs(y)) + 1e-12))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  )
+
+
+@pytest.mark.parametrize(
+  'kw',
+  [
+    dict(),  # the MobileNet case: 1x1, stride 1, padding 0, no bias -> matmul on CPU
+    dict(use_bias=True, padding='SAME'),
+    dict(strides=2),  # not pointwise: nn.Conv's own code
+  ],
+)
+def test_pointwise_conv_equals_nn_conv_with_the_same_params(kw):
+  x = np.random.default_rng(0).normal(size=(2, 5, 6, 8)).astype(np.float32)
+  ref, own = nn.Conv(16, (1, 1), **kw), PointwiseConv(16, (1, 1), **kw)
+  variables = ref.init(_key(), x)
+  assert jax.tree.map(jnp.shape, own.init(_key(), x)) == jax.tree.map(jnp.shape, variables)
+  np.testing.assert_array_equal(  # same init too: same names, shapes, rng order
+    jax.tree.leaves(own.init(_key(), x))[0], jax.tree.leaves(variables)[0]
+  )
+  variables = jax.tree.map(lambda p: p + 0.1, variables)  # a non-zero bias
+  if not kw:
+    assert own._is_pointwise(jnp.asarray(x))
+
+  def out_and_grads(module):
+    def loss(v, x):
+      return jnp.sum(jnp.sin(module.apply(v, x)))
+
+    return jax.jit(lambda v, x: (module.apply(v, x), jax.grad(loss, (0, 1))(v, x)))(variables, x)
+
+  assert _max_rel_err(out_and_grads(own), out_and_grads(ref)) < 1e-5
+
+
+def test_pointwise_impl_is_checked():
+  with pytest.raises(UserError, match=r"pointwise conv impl='fast'; expected one of \('auto'"):
+    PointwiseConv(4, (1, 1), impl='fast').init(_key(), jnp.zeros((1, 2, 2, 3)))
+
+
+@pytest.mark.parametrize(
+  'kw', [dict(), dict(use_bias=False), dict(use_scale=False), dict(use_running_average=True)]
+)
+def test_batch_norm_equals_flax(kw):
+  # Mean 3 and std 2: the one-pass moments and the affine form see some cancellation.
+  rng = np.random.default_rng(0)
+  x = (rng.normal(size=(4, 5, 5, 8)) * 2 + 3).astype(np.float32)
+  kw = dict(use_running_average=False, momentum=0.9, epsilon=1e-5) | kw
+  ref, own = nn.BatchNorm(**kw), BatchNorm(**kw)
+  variables = ref.init(_key(), x)
+  assert jax.tree.map(jnp.shape, own.init(_key(), x)) == jax.tree.map(jnp.shape, variables)
+  variables = jax.tree.map(
+    lambda p: p + rng.uniform(0.1, 0.5, p.shape).astype(np.float32), variables
+  )
+
+  def out_stats_grads(module):
+    def loss(params, x):
+      y, _ = module.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(y))
+
+    def f(variables, x):
+      y, stats = module.apply(variables, x, mutable=['batch_stats'])
+      return y, stats, jax.grad(loss, (0, 1))(variables['params'], x)
+
+    return jax.jit(f)(variables, x)
+
+  assert _max_rel_err(out_stats_grads(own), out_stats_grads(ref)) < 1e-5
+
+
+def test_batch_norm_averages_statistics_over_axis_name():
+  x = (np.random.default_rng(1).normal(size=(2, 3, 4, 4, 8)) + 1).astype(np.float32)  # 2 devices
+
+  def run(cls):
+    module = cls(use_running_average=False, axis_name='devices')
+    variables = jax.vmap(module.init, (None, 0), axis_name='devices')(_key(), x)
+
+    def loss(params, x):
+      y, _ = module.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(y) * jnp.arange(8.0))
+
+    def f(params, x):
+      y, stats = module.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+      return y, stats, jax.grad(loss, (0, 1))(params, x)
+
+    params = jax.tree.map(lambda p: p[0], variables['params'])
+    return jax.jit(jax.vmap(f, (None, 0), axis_name='devices'))(params, x)
+
+  ours, flax = run(BatchNorm), run(nn.BatchNorm)
+  assert _max_rel_err(ours, flax) < 1e-5
+  # Statistics over both devices: the same running mean on each.
+  np.testing.assert_allclose(ours[1]['batch_stats']['mean'][0], ours[1]['batch_stats']['mean'][1])
+
+
+def test_v2_uses_pointwise_and_fast_batch_norm_with_nn_conv_params():
+  s = summary.summarize(mobilenet.mobilenet_v2(), (224, 224, 3))
+  types = {r.path: r.type for r in s.rows}
+  assert types['block2/expand_conv'] == 'PointwiseConv' and types['stem_conv'] == 'Conv'
+  assert types['block2/expand_bn'] == 'BatchNorm'
+  assert s.total_macs == 300_774_272  # 1x1 convs still counted by summary

@@ -27,8 +27,10 @@ import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
 from cnn_jax.layers import (
+  BatchNorm,
   DepthwiseConv,
   GlobalAvgPool,
+  PointwiseConv,
   SqueezeExcite,
   conv_kernel_init,
 )
@@ -202,8 +204,14 @@ class EfficientNet(nn.Module):
   ) -> jax.Array | dict[str, jax.Array]:
     self._check_fields()
     conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
+    # The 1x1 convs run as one matmul on CPU (2-3.5x faster there than XLA's 1x1 convolution),
+    # as nn.Conv elsewhere; BatchNorm is flax's with a training forward that is cheaper on
+    # XLA:CPU. Parameters are those of nn.Conv and nn.BatchNorm either way (cnn_jax.layers).
+    pointwise = partial(
+      PointwiseConv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init
+    )
     norm = partial(
-      nn.BatchNorm,
+      BatchNorm,
       use_running_average=not train,
       momentum=self.bn_momentum,
       epsilon=self.bn_epsilon,
@@ -229,7 +237,7 @@ class EfficientNet(nn.Module):
           out_features=width(stage.out_features),
           expand_ratio=stage.expand_ratio,
           kernel_size=stage.kernel_size,
-          conv=conv,
+          conv=pointwise,
           norm=norm,
           strides=stage.strides if j == 0 else 1,
           # Linear in depth: 0 for the first block, 0.2 * (n-1)/n for the last (torchvision).
@@ -243,7 +251,7 @@ class EfficientNet(nn.Module):
         feats[f'stage{level}'] = x
         level += 1
 
-    x = conv(width(self.last_features), (1, 1), padding=0, name='last_conv')(x)
+    x = pointwise(width(self.last_features), (1, 1), padding=0, name='last_conv')(x)
     x = nn.silu(norm(name='last_bn')(x))
     x = GlobalAvgPool(name='pool')(x)  # (B, 1280 * width)
     feats['pre_logits'] = x

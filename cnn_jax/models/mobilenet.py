@@ -32,7 +32,13 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import DepthwiseConv, GlobalAvgPool, conv_kernel_init
+from cnn_jax.layers import (
+  BatchNorm,
+  DepthwiseConv,
+  GlobalAvgPool,
+  PointwiseConv,
+  conv_kernel_init,
+)
 
 ModuleDef = Any
 
@@ -92,13 +98,19 @@ def v1_channels(channels: int, width_multiplier: float) -> int:
 
 def _norm(train: bool, dtype: Any, axis_name: str | None) -> ModuleDef:
   return partial(
-    nn.BatchNorm,
+    BatchNorm,  # flax's, with a training forward that is cheaper on XLA:CPU (cnn_jax.layers)
     use_running_average=not train,
     momentum=0.9,  # torch's momentum=0.1 counts the other way round
     epsilon=1e-5,
     dtype=dtype,
     axis_name=axis_name,
   )
+
+
+def _pointwise(dtype: Any) -> ModuleDef:
+  # The 1x1 convs run as one matmul on CPU (2-3.5x faster there than XLA's 1x1 convolution),
+  # as nn.Conv elsewhere; the parameters are nn.Conv's either way.
+  return partial(PointwiseConv, use_bias=False, dtype=dtype, kernel_init=conv_kernel_init)
 
 
 def _stage_name(stride: int) -> str:
@@ -197,6 +209,7 @@ class MobileNetV1(nn.Module):
   ) -> jax.Array | dict[str, jax.Array]:
     _check('MobileNetV1', self.width_multiplier, self.dropout_rate, self.depthwise_impl)
     conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
+    pointwise = _pointwise(self.dtype)
     depthwise = partial(DepthwiseConv, padding=1, dtype=self.dtype, impl=self.depthwise_impl)
     norm = _norm(train, self.dtype, self.norm_axis_name)
     feats = {}
@@ -211,7 +224,7 @@ class MobileNetV1(nn.Module):
     for i, (channels, s) in enumerate(self.blocks):
       x = SeparableBlock(
         v1_channels(channels, self.width_multiplier),
-        conv=conv,
+        conv=pointwise,
         depthwise=depthwise,
         norm=norm,
         strides=s,
@@ -249,6 +262,7 @@ class MobileNetV2(nn.Module):
   ) -> jax.Array | dict[str, jax.Array]:
     _check('MobileNetV2', self.width_multiplier, self.dropout_rate, self.depthwise_impl)
     conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
+    pointwise = _pointwise(self.dtype)
     depthwise = partial(DepthwiseConv, padding=1, dtype=self.dtype, impl=self.depthwise_impl)
     norm = _norm(train, self.dtype, self.norm_axis_name)
     feats = {}
@@ -266,7 +280,7 @@ class MobileNetV2(nn.Module):
         x = InvertedResidual(
           make_divisible(c * self.width_multiplier),
           expansion=t,
-          conv=conv,
+          conv=pointwise,
           depthwise=depthwise,
           norm=norm,
           strides=strides,
@@ -276,7 +290,7 @@ class MobileNetV2(nn.Module):
         feats[_stage_name(stride)] = x  # the last block at this stride wins
 
     last = make_divisible(self.last_features * max(1.0, self.width_multiplier))
-    x = conv(last, (1, 1), padding=0, name='last_conv')(x)  # (B, H/32, W/32, 1280)
+    x = pointwise(last, (1, 1), padding=0, name='last_conv')(x)  # (B, H/32, W/32, 1280)
     x = nn.relu6(norm(name='last_bn')(x))
 
     feats = _head(self, x, feats, train)
