@@ -1,4 +1,8 @@
-"""Supervised classification: the train state, the per-device steps and the train/eval loops."""
+"""The trainer: the train state, the per-device steps and the train/eval loops, for every task.
+
+What is learned (classification, segmentation) is a `cnn_jax.tasks` Task: its loss, train metrics
+and eval sums; everything else here is shared.
+"""
 
 import dataclasses
 import functools
@@ -20,11 +24,12 @@ from absl import logging
 from jax import lax
 
 from cnn_jax import data as data_lib
-from cnn_jax import models, optim, parallel
+from cnn_jax import models, optim, parallel, tasks
 from cnn_jax.checkpoint import Checkpointer
 from cnn_jax.errors import UserError
 from cnn_jax.logs import MetricWriter
 from cnn_jax.parallel import AXIS
+from cnn_jax.tasks import cross_entropy  # noqa: F401  (kept as train.cross_entropy)
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
@@ -39,26 +44,13 @@ class TrainState:
   rng: jax.Array
 
 
-def cross_entropy(
-  logits: jax.Array, labels: jax.Array, num_classes: int, label_smoothing: float = 0.0
-) -> jax.Array:
-  """Per-example softmax cross-entropy against (optionally smoothed) one-hot labels.
-
-  Label smoothing as in Szegedy et al. 2016 ("Rethinking the Inception Architecture"): the target
-  puts 1 - eps on the true class and eps / num_classes on every class.
-  """
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
 def train_step(
   state: TrainState,
   batch: dict[str, jax.Array],
   *,
   model: flax.linen.Module,
   tx: optax.GradientTransformation,
-  num_classes: int,
-  label_smoothing: float,
+  task: tasks.Task,
 ) -> tuple[TrainState, Metrics]:
   """One SGD step on this device's share of the batch; gradients averaged over AXIS."""
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
@@ -71,12 +63,11 @@ def train_step(
       mutable=['batch_stats', 'aux_logits'],
       rngs={'dropout': rng},
     )
-    loss = cross_entropy(logits, batch['label'], num_classes, label_smoothing).mean()
-    # Auxiliary classifiers (GoogLeNet) sow their logits in training only; each adds its loss
-    # with the model's weight (0.3 in Szegedy et al. 2015).
+    loss = task.loss(logits, batch)
+    # Auxiliary classifiers (GoogLeNet, DeepLab's FCN head) sow their logits in training only;
+    # each adds its loss with the model's weight (0.3 in Szegedy et al. 2015).
     for aux in jax.tree.leaves(updates.get('aux_logits', {})):
-      aux_loss = cross_entropy(aux, batch['label'], num_classes, label_smoothing).mean()
-      loss = loss + model.aux_weight * aux_loss
+      loss = loss + model.aux_weight * task.loss(aux, batch)
     return loss, (logits, updates.get('batch_stats', {}))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -85,10 +76,9 @@ def train_step(
   grads = lax.pmean(grads, AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  correct = jnp.sum(jnp.argmax(logits, -1) == batch['label'])
   metrics = {
     'loss': lax.pmean(loss, AXIS),
-    'accuracy': lax.psum(correct, AXIS) / lax.psum(batch['label'].shape[0], AXIS),
+    **task.train_metrics(logits, batch),
     'grad_norm': optax.tree.norm(grads),
   }
   # BatchNorm statistics are already the same on every device: the norm layers average their
@@ -100,17 +90,13 @@ def train_step(
 
 
 def eval_step(
-  state: TrainState, batch: dict[str, jax.Array], *, model: flax.linen.Module, num_classes: int
+  state: TrainState, batch: dict[str, jax.Array], *, model: flax.linen.Module, task: tasks.Task
 ) -> Metrics:
-  """Sums over this batch (padding masked out), summed over devices."""
+  """The task's sums over this batch (padding masked out), summed over devices."""
   logits = model.apply(
     {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], train=False
   )
-  mask = batch['mask']
-  loss = cross_entropy(logits, batch['label'], num_classes)
-  correct = jnp.argmax(logits, -1) == batch['label']
-  sums = {'loss': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask), 'count': jnp.sum(mask)}
-  return lax.psum(sums, AXIS)
+  return lax.psum(task.eval_sums(logits, batch), AXIS)
 
 
 def fingerprint(params: PyTree, batch_stats: PyTree) -> str:
@@ -132,6 +118,7 @@ class Experiment:
   data: data_lib.Dataset
   model: flax.linen.Module
   num_classes: int
+  task: tasks.Task
   steps_per_epoch: int
   num_steps: int
   schedule: optax.Schedule
@@ -203,6 +190,14 @@ def build(
       f"config.model.num_classes={num_classes} but dataset '{config.dataset}' has "
       f'{data.num_classes} classes; set it to {data.num_classes} (or -1: take it from the data)'
     )
+  task = getattr(data.spec, 'task', 'classification')
+  if models.is_segmentation(config.model.name) != (task == 'segmentation'):
+    kind = 'per-pixel' if models.is_segmentation(config.model.name) else 'per-image'
+    raise UserError(
+      f"model '{config.model.name}' gives {kind} logits but dataset '{config.dataset}' is a "
+      f'{task} dataset; pick a model and dataset of the same task (configs/unet.py, '
+      'configs/fcn.py, configs/deeplab.py for segmentation)'
+    )
   model = create_model(config, num_classes)
   check_input_size(model, config)
   steps_per_epoch = max(len(data.train) // config.batch_size, 1)
@@ -213,7 +208,17 @@ def build(
   schedule = optim.create_schedule(config.optimizer, num_steps, steps_per_epoch)
   tx = optim.create_optimizer(config.optimizer, schedule)
   return Experiment(
-    config, workdir, data, model, num_classes, steps_per_epoch, num_steps, schedule, tx, runner
+    config,
+    workdir,
+    data,
+    model,
+    num_classes,
+    tasks.create(config, data.spec, num_classes),
+    steps_per_epoch,
+    num_steps,
+    schedule,
+    tx,
+    runner,
   )
 
 
@@ -251,9 +256,7 @@ def evaluate(exp: Experiment, state: TrainState, eval_fn) -> dict[str, float]:
   ):
     sums = eval_fn(state, exp.runner.put_batch(batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = exp.runner.get_output(totals)
-  count = float(totals['count'])
-  return {'loss': float(totals['loss']) / count, 'accuracy': float(totals['correct']) / count}
+  return exp.task.finalize(exp.runner.get_output(totals))
 
 
 class _Preemption:
@@ -296,6 +299,38 @@ def _check_finite(step: int, metrics: dict[str, float]) -> None:
     )
 
 
+def _write_overlays(exp: Experiment, state: TrainState, path: str, count: int = 8) -> None:
+  """The first `count` eval images with their true and predicted labels, as one PNG."""
+  from cnn_jax import overlays
+
+  config = exp.config
+  batch = next(
+    data_lib.eval_iterator(
+      exp.data, global_batch=count, image_size=config.image_size, channels=config.image_channels
+    )
+  )
+
+  @jax.jit
+  def predict(state, images):
+    logits = exp.model.apply(
+      {'params': state.params, 'batch_stats': state.batch_stats}, images, train=False
+    )
+    return jnp.argmax(exp.task.refine(logits, images), -1)
+
+  predictions = np.asarray(predict(state, batch['image']))
+  labels = np.asarray(exp.task.labels(predictions[..., None], batch))
+  overlays.save(
+    path,
+    batch['image'],
+    labels,
+    predictions,
+    num_classes=exp.num_classes,
+    ignore_label=exp.task.ignore_label,
+    mean=exp.data.spec.mean,
+    std=exp.data.spec.std,
+  )
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str, devices: list[jax.Device] | None = None
 ) -> dict[str, Any] | None:
@@ -325,13 +360,10 @@ def train_and_evaluate(
       train_step,
       model=exp.model,
       tx=exp.tx,
-      num_classes=exp.num_classes,
-      label_smoothing=config.label_smoothing,
+      task=exp.task,
     )
   )
-  eval_fn = runner.compile_eval(
-    functools.partial(eval_step, model=exp.model, num_classes=exp.num_classes)
-  )
+  eval_fn = runner.compile_eval(functools.partial(eval_step, model=exp.model, task=exp.task))
   batches = data_lib.train_iterator(
     exp.data,
     seed=config.seed,
@@ -390,6 +422,8 @@ def train_and_evaluate(
   bar.close()
   host_state = jax.device_get(runner.get_state(state))
   final = evaluate(exp, state, eval_fn)
+  if primary and isinstance(exp.task, tasks.Segmentation):
+    _write_overlays(exp, host_state, os.path.join(workdir, 'overlays.png'))
   writer.write(exp.num_steps, 'test', final)
   writer.close()
   ckpt.close()
@@ -398,8 +432,7 @@ def train_and_evaluate(
     'dataset': config.dataset,
     'steps': exp.num_steps,
     'resumed_from_step': start_step,
-    'test_accuracy': final['accuracy'],
-    'test_loss': final['loss'],
+    **{f'test_{k}': v for k, v in final.items()},  # test_accuracy, test_loss / test_mean_iou...
     'wall_seconds': round(time.time() - start_time, 1),
     'devices': runner.num_devices,
     'processes': jax.process_count(),
@@ -419,9 +452,7 @@ def restore_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
   if step is None:
     raise UserError(f'no checkpoint in {workdir}/checkpoints; train first (--mode=train)')
   state = exp.runner.put_state(ckpt.restore(initial_state(exp)))
-  eval_fn = exp.runner.compile_eval(
-    functools.partial(eval_step, model=exp.model, num_classes=exp.num_classes)
-  )
+  eval_fn = exp.runner.compile_eval(functools.partial(eval_step, model=exp.model, task=exp.task))
   result = {'step': step, **evaluate(exp, state, eval_fn)}
   ckpt.close()
   return result

@@ -97,3 +97,19 @@ def set_offline_recipe(config: ml_collections.ConfigDict, num_epochs: float) -> 
   config.optimizer.warmup_epochs = 1.0
   config.label_smoothing = 0.1
   config.eval_every_steps = config.checkpoint_every_steps = 55
+
+
+def add_segmentation_fields(config: ml_collections.ConfigDict) -> None:
+  """The options of the segmentation task (cnn_jax/tasks.py: Segmentation)."""
+  seg = config.segmentation = ml_collections.ConfigDict()
+  seg.class_weights = ()  # one per class, torch CrossEntropyLoss(weight=...) style; () = none
+  seg.dice_weight = 0.0  # loss += dice_weight * soft Dice loss
+  # Eval-time dense CRF (cnn_jax/crf.py), DeepLab v2's settings; theta_alpha <= 0: DeepLab's 67
+  # for 500-pixel images, scaled to config.image_size.
+  seg.crf = False
+  seg.crf_iterations = 10
+  seg.crf_w_appearance = 4.0
+  seg.crf_theta_alpha = -1.0
+  seg.crf_theta_beta = 3.0
+  seg.crf_w_smoothness = 3.0
+  seg.crf_theta_gamma = 3.0

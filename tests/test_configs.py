@@ -16,10 +16,14 @@ CONFIG_DIR = pathlib.Path(__file__).parents[1] / 'configs'
 CONFIG_NAMES = sorted(
   p.stem for p in CONFIG_DIR.glob('*.py') if p.stem not in ('__init__', 'default')
 )
-FAMILIES = [n for n in CONFIG_NAMES if n != 'lenet5']  # lenet5 has its own 'mnist' variant
+SEGMENTATION = ('deeplab', 'fcn', 'unet')  # digit_scenes offline, 'pets' by argument
+# The classification families (lenet5 has its own 'mnist' variant).
+FAMILIES = [n for n in CONFIG_NAMES if n != 'lenet5' and n not in SEGMENTATION]
 
 
 def _variants(name: str) -> list[str]:
+  if name in SEGMENTATION:
+    return ['', 'pets']
   return ['', 'mnist'] if name == 'lenet5' else ['', 'cifar10', 'imagenet2012']
 
 
@@ -29,7 +33,8 @@ _CHECKED = set()  # (model fields, image size) already traced: tracing a DenseNe
 @pytest.mark.parametrize('name,arg', [(n, a) for n in CONFIG_NAMES for a in _variants(n)])
 def test_config_builds_its_model_at_its_size(name, arg):
   config = importlib.import_module(f'configs.{name}').get_config(arg)
-  expected = {'': 'digits', 'mnist': 'mnist'}.get(arg, arg)
+  offline = 'digit_scenes' if name in SEGMENTATION else 'digits'
+  expected = {'': offline, 'mnist': 'mnist', 'pets': 'oxford_iiit_pet'}.get(arg, arg)
   assert config.dataset == expected
   key = (str(config.model), config.image_size)
   if key not in _CHECKED:
@@ -43,7 +48,7 @@ def test_config_builds_its_model_at_its_size(name, arg):
   optim.create_optimizer(config.optimizer, schedule).init({'w': jnp.ones((3, 3))})
 
 
-@pytest.mark.parametrize('name', FAMILIES)
+@pytest.mark.parametrize('name', FAMILIES + list(SEGMENTATION))
 def test_unknown_variant_is_refused(name):
   with pytest.raises(ValueError, match="unknown variant 'cifar11'"):
     importlib.import_module(f'configs.{name}').get_config('cifar11')

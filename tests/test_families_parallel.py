@@ -17,6 +17,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from cnn_jax import data, parallel, train
+from cnn_jax.models.deeplab import TINY_BACKBONE
 
 # config file -> (tiny model, image size)
 FAMILIES = {
@@ -30,6 +31,20 @@ FAMILIES = {
   'squeezenet': ('squeezenet_tiny', 32),
   'mobilenet': ('mobilenet_v2_tiny', 32),
   'efficientnet': ('efficientnet_tiny', 32),
+  'unet': ('unet', 32),
+  'fcn': ('fcn8s', 32),
+  'deeplab': ('deeplabv3plus_resnet50', 32),
+}
+# Segmentation configs name full-size nets with offline widths; these fields make them tiny.
+TINY_FIELDS = {
+  'unet': {'depth': 2, 'base_width': 4},
+  'fcn': {'backbone': 'vgg_tiny', 'hidden': 16},
+  'deeplab': {
+    'backbone': 'resnet_tiny',
+    'backbone_kwargs': dict(TINY_BACKBONE),  # 4 stages of 4..32 channels
+    'aspp_features': 8,
+    'decoder_features': 8,
+  },
 }
 _FAST = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
@@ -59,13 +74,15 @@ def test_family_trains_one_step_on_four_devices(family, tmp_path, data_dir):
   config.model.name, config.image_size = name, size
   if family == 'senet':
     config.model.se_reduction = 4
+  for field, value in TINY_FIELDS.get(family, {}).items():
+    config.model[field] = value
   config.batch_size = config.eval_batch_size = 8
   config.num_train_steps = 1
   config.optimizer.warmup_steps = 0  # the step at lr 0 would move nothing
   config.data_dir = data_dir
   exp = train.build(config, str(tmp_path / 'w'))
   assert exp.runner.num_devices == 4
-  variables = _numpy_variables(exp.model, (1, size, size, 3))
+  variables = _numpy_variables(exp.model, (1, size, size, config.image_channels))
   params = variables['params']
   state = train.TrainState(
     step=np.zeros((), np.int32),
@@ -74,13 +91,7 @@ def test_family_trains_one_step_on_four_devices(family, tmp_path, data_dir):
     opt_state=exp.tx.init(params),
     rng=jax.random.PRNGKey(0),
   )
-  step = functools.partial(
-    train.train_step,
-    model=exp.model,
-    tx=exp.tx,
-    num_classes=10,
-    label_smoothing=config.label_smoothing,
-  )
+  step = functools.partial(train.train_step, model=exp.model, tx=exp.tx, task=exp.task)
   mapped = jax.shard_map(
     step,
     mesh=exp.runner.mesh,
@@ -89,7 +100,13 @@ def test_family_trains_one_step_on_four_devices(family, tmp_path, data_dir):
     check_vma=False,
   )
   (batch,) = data.train_iterator(
-    exp.data, seed=0, global_batch=8, start_step=0, num_steps=1, image_size=size, channels=3
+    exp.data,
+    seed=0,
+    global_batch=8,
+    start_step=0,
+    num_steps=1,
+    image_size=size,
+    channels=config.image_channels,
   )
   new, metrics = jax.jit(mapped, compiler_options=_FAST)(
     exp.runner.put_state(state), exp.runner.put_batch(batch)

@@ -29,9 +29,7 @@ def _run(config, workdir, devices, data_dir):
   runner = exp.runner
   state = runner.put_state(train.initial_state(exp))
   step = runner.compile(
-    functools.partial(
-      train.train_step, model=exp.model, tx=exp.tx, num_classes=10, label_smoothing=0.1
-    )
+    functools.partial(train.train_step, model=exp.model, tx=exp.tx, task=exp.task)
   )
   batches = data.train_iterator(
     exp.data, seed=0, global_batch=16, start_step=0, num_steps=3, image_size=16, channels=3

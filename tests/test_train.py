@@ -162,7 +162,7 @@ def test_aux_logits_add_weighted_losses():
   import numpy as np
   import optax
 
-  from cnn_jax import parallel
+  from cnn_jax import parallel, tasks
 
   class WithAux(nn.Module):
     aux_weight: float = 0.3
@@ -189,9 +189,8 @@ def test_aux_logits_add_weighted_losses():
     rng=jax.random.PRNGKey(0),
   )
   runner = parallel.ShardMapRunner(jax.devices()[:1])
-  step = runner.compile(
-    functools.partial(train.train_step, model=model, tx=tx, num_classes=3, label_smoothing=0.0)
-  )
+  task = tasks.Classification(num_classes=3)
+  step = runner.compile(functools.partial(train.train_step, model=model, tx=tx, task=task))
   _, metrics = step(runner.put_state(state), runner.put_batch({'image': x, 'label': y}))
   main = train.cross_entropy(model.apply({'params': params}, x), y, 3).mean()
   aux = train.cross_entropy(nn.Dense(3).apply({'params': params['aux']}, x.reshape(4, -1)), y, 3)

@@ -11,8 +11,10 @@ import jax.numpy as jnp
 
 from cnn_jax.errors import UserError, close_matches
 from cnn_jax.models.alexnet import alexnet, alexnet_tiny
+from cnn_jax.models.deeplab import deeplab_tiny, deeplabv3, deeplabv3plus, deeplabv3plus_tiny
 from cnn_jax.models.densenet import densenet, densenet_tiny
 from cnn_jax.models.efficientnet import efficientnet_tiny, efficientnet_variant
+from cnn_jax.models.fcn import fcn, fcn_resnet, fcn_resnet_tiny, fcn_tiny
 from cnn_jax.models.googlenet import googlenet, googlenet_tiny
 from cnn_jax.models.lenet import LeNet5
 from cnn_jax.models.mobilenet import (
@@ -23,6 +25,7 @@ from cnn_jax.models.mobilenet import (
 )
 from cnn_jax.models.resnet import ResNet, plain, resnet, resnet_tiny, seresnet
 from cnn_jax.models.squeezenet import squeezenet, squeezenet_tiny
+from cnn_jax.models.unet import unet, unet_tiny, unet_valid
 from cnn_jax.models.vgg import vgg, vgg_tiny
 
 # name -> constructor; keyword arguments of `create` go to the constructor (module fields).
@@ -77,6 +80,21 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
   'mobilenet_v2': mobilenet_v2,
   # EfficientNet B0-B7 (Tan & Le 2019): the hand-set width/depth/resolution/dropout table.
   **{f'efficientnet_b{i}': partial(efficientnet_variant, f'b{i}') for i in range(8)},
+  # Segmentation (per-pixel logits): FCN (Long et al. 2015) on VGG-16 and torchvision's FCN-ResNet,
+  # U-Net (Ronneberger et al. 2015), DeepLab v3 / v3+ (Chen et al. 2017, 2018).
+  'fcn32s': partial(fcn, '32s'),
+  'fcn16s': partial(fcn, '16s'),
+  'fcn8s': partial(fcn, '8s'),
+  'fcn_resnet50': partial(fcn_resnet, 50),
+  'fcn_resnet101': partial(fcn_resnet, 101),
+  'unet': unet,
+  'unet_valid': unet_valid,
+  'deeplabv3_resnet50': partial(deeplabv3, backbone='resnet50'),
+  'deeplabv3_resnet101': partial(deeplabv3, backbone='resnet101'),
+  'deeplabv3plus_resnet50': partial(deeplabv3plus, backbone='resnet50'),
+  'deeplabv3plus_resnet101': partial(deeplabv3plus, backbone='resnet101'),
+  'deeplabv3_mobilenet_v2': partial(deeplabv3, backbone='mobilenet_v2'),
+  'deeplabv3plus_mobilenet_v2': partial(deeplabv3plus, backbone='mobilenet_v2'),
   # Tiny variants for tests.
   'resnet_tiny': resnet_tiny,
   'efficientnet_tiny': efficientnet_tiny,
@@ -87,10 +105,18 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
   'alexnet_tiny': alexnet_tiny,
   'vgg_tiny': vgg_tiny,
   'squeezenet_tiny': squeezenet_tiny,
+  'fcn_tiny': fcn_tiny,
+  'fcn_resnet_tiny': fcn_resnet_tiny,
+  'unet_tiny': unet_tiny,
+  'deeplab_tiny': deeplab_tiny,
+  'deeplabv3plus_tiny': deeplabv3plus_tiny,
 }
 
+# Names whose models return per-pixel logits (B, H, W, classes) rather than (B, classes).
+SEGMENTATION = ('fcn*', 'unet*', 'deeplab*')
 
-def create(name: str, **kwargs: Any) -> nn.Module:
+
+def create(name: str, /, **kwargs: Any) -> nn.Module:
   """The registered model `name`, with module fields overridden by `kwargs`."""
   if name not in _MODELS:
     raise UserError(
@@ -124,11 +150,17 @@ def list_models(pattern: str = '*') -> list[str]:
   return sorted(fnmatch.filter(_MODELS, pattern))
 
 
+def is_segmentation(name: str) -> bool:
+  """True for the models that return per-pixel logits."""
+  return any(fnmatch.fnmatch(name, p) for p in SEGMENTATION)
+
+
 __all__ = [
   'LeNet5',
   'ResNet',
   'create',
   'feature_info',
+  'is_segmentation',
   'list_models',
   'plain',
   'resnet',

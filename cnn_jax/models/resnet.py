@@ -154,9 +154,11 @@ class ResNet(nn.Module):
   """ResNet or plain net; `resnet(depth)` fills in the published variants.
 
   `__call__` returns float32 logits, or with `features=True` a dict with 'stem', 'stage1', ...,
-  'pre_logits' and 'logits'. Strides of 'stem', 'stage1', ... w.r.t. the input: 4, 4, 8, 16, 32
-  (ImageNet stem), 1, 1, 2, 4 (CIFAR stem); a dilated stage keeps its input's stride;
-  `feature_strides()` lists them.
+  'pre_logits' and 'logits'. `num_classes=0` drops the classifier (no 'head' parameters): the
+  call then returns the last stage's feature map in the compute dtype, and `features=True` the
+  dict without 'pre_logits' and 'logits' (the backbone of FCN / DeepLab). Strides of 'stem',
+  'stage1', ... w.r.t. the input: 4, 4, 8, 16, 32 (ImageNet stem), 1, 1, 2, 4 (CIFAR stem); a
+  dilated stage keeps its input's stride; `feature_strides()` lists them.
 
   Stages are numbered from 1 like the features ('stage1' is the paper's conv2_x, 'stage4' its
   conv5_x); `replace_stride_with_dilation[k]` refers to stage k + 2, `deformable_stages` lists
@@ -170,7 +172,7 @@ class ResNet(nn.Module):
   residual: bool = True  # False: the plain net (no shortcuts at all)
   shortcut: str = 'B'  # where the shape changes: 'A' zero-pad identity, 'B' 1x1 projection
   zero_init_residual: bool = False  # ignored when residual=False
-  num_classes: int = 1000
+  num_classes: int = 1000  # 0: head-less (returns the last feature map)
   dtype: Any = jnp.float32
   norm_axis_name: str | None = None  # BatchNorm statistics averaged over this axis
   se_reduction: int = 0  # > 0: SE with C / se_reduction hidden channels in every block
@@ -233,6 +235,8 @@ class ResNet(nn.Module):
         )(x)
       feats[f'stage{i + 1}'] = x
 
+    if not self.num_classes:  # head-less: a backbone for dense prediction (no 'pool', 'head')
+      return feats if features else x  # (B, H/32, W/32, C) at output stride 32
     x = GlobalAvgPool(name='pool')(x)  # (B, C)
     feats['pre_logits'] = x
     x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=dense_kernel_init, name='head')(x)
@@ -269,6 +273,8 @@ class ResNet(nn.Module):
       raise UserError(
         f'ResNet has {len(self.stage_sizes)} stage sizes but {len(self.widths)} widths'
       )
+    if self.num_classes < 0:
+      raise UserError(f'ResNet.num_classes={self.num_classes}; expected 0 (head-less) or more')
     if self.se_reduction < 0:
       raise UserError(f'ResNet.se_reduction={self.se_reduction}; expected 0 (no SE) or more')
     num_stages = len(self.stage_sizes)
@@ -308,6 +314,9 @@ def plain(depth: int, **kwargs: Any) -> ResNet:
 
 
 def resnet_tiny(**kwargs: Any) -> ResNet:
-  """CIFAR layout with 1 block per stage and widths 4/8/16, for tests."""
-  defaults = dict(widths=(4, 8, 16), stem='cifar', shortcut='A', num_classes=10)
-  return ResNet(stage_sizes=(1, 1, 1), **(defaults | kwargs))
+  """CIFAR layout with 1 block per stage and widths 4/8/16, for tests; kwargs override fields
+  (DeepLab's tiny backbone: 4 stages, ImageNet stem)."""
+  defaults = dict(
+    stage_sizes=(1, 1, 1), widths=(4, 8, 16), stem='cifar', shortcut='A', num_classes=10
+  )
+  return ResNet(**(defaults | kwargs))

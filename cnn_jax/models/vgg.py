@@ -44,6 +44,10 @@ class VGG(nn.Module):
   pool: strides 1, 2, 4, 8, 16), 'pool{s}' (after the pool: strides 2, 4, 8, 16, 32; FCN-32s/16s/8s
   read pool5/pool4/pool3), 'pre_logits' (relu(fc7), (B, 4096)) and 'logits'. Inputs must be at least
   32x32 (five halvings).
+
+  `num_classes=0` drops the classifier (no 'avgpool', 'fc6', 'fc7', 'fc8'): the call then returns
+  'pool5' in the compute dtype, and `features=True` the dict without 'pre_logits' and 'logits'
+  (FCN's backbone, which convolutionalizes fc6 / fc7 itself).
   """
 
   stages: Sequence[Sequence[int]] = STAGES[16]
@@ -51,7 +55,7 @@ class VGG(nn.Module):
   hidden: int = 4096  # width of fc6 and fc7
   pool_size: int = 7  # the adaptive average pool's output grid
   dropout_rate: float = 0.5
-  num_classes: int = 1000
+  num_classes: int = 1000  # 0: head-less (returns the last feature map, pool5)
   dtype: Any = jnp.float32
   norm_axis_name: str | None = None  # BatchNorm statistics averaged over this axis
 
@@ -82,6 +86,8 @@ class VGG(nn.Module):
       feats[f'stage{s}'] = x  # (B, H / 2^(s-1), W / 2^(s-1), C)
       x = feats[f'pool{s}'] = MaxPool((2, 2), name=f'pool{s}')(x)  # (B, H / 2^s, W / 2^s, C)
 
+    if not self.num_classes:  # head-less: a backbone for dense prediction
+      return feats if features else x  # (B, H/32, W/32, 512)
     x = AdaptiveAvgPool((self.pool_size, self.pool_size), name='avgpool')(x)  # (B, 7, 7, 512)
     x = Flatten(name='flatten')(x)  # (B, 25088)
     x = nn.relu(dense(self.hidden, name='fc6')(x))
@@ -98,6 +104,8 @@ class VGG(nn.Module):
       raise UserError(f'VGG.stages needs 5 non-empty stages of conv widths, got {self.stages}')
     if not 0.0 <= self.dropout_rate < 1.0:
       raise UserError(f'VGG.dropout_rate={self.dropout_rate}; expected a value in [0, 1)')
+    if self.num_classes < 0:
+      raise UserError(f'VGG.num_classes={self.num_classes}; expected 0 (head-less) or more')
     if x.ndim != 4 or min(x.shape[1:3]) < 32:
       raise UserError(f'VGG needs NHWC inputs of at least 32x32, got shape {x.shape}')
 
