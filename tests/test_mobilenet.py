@@ -313,3 +313,19 @@ def test_v2_uses_pointwise_and_fast_batch_norm_with_nn_conv_params():
   assert types['block2/expand_conv'] == 'PointwiseConv' and types['stem_conv'] == 'Conv'
   assert types['block2/expand_bn'] == 'BatchNorm'
   assert s.total_macs == 300_774_272  # 1x1 convs still counted by summary
+
+
+def test_num_classes_zero_is_a_headless_backbone():
+  """DeepLab's backbone: no last 1x1 conv (v2), pool or FC; the stride-32 map and the features."""
+  for make, last in (
+    (mobilenet.mobilenet_v2_tiny, 'stage5'),
+    (mobilenet.mobilenet_v1_tiny, 'stage5'),
+  ):
+    model = make(num_classes=0)
+    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x, m=model: m.init(jax.random.key(0), x), x)
+    assert not {'head', 'last_conv', 'last_bn'} & set(variables['params'])
+    feats = jax.eval_shape(lambda v, x, m=model: m.apply(v, x, features=True), variables, x)
+    assert 'logits' not in feats and feats[last].shape[1:3] == (2, 2)
+    out = jax.eval_shape(lambda v, x, m=model: m.apply(v, x), variables, x)
+    assert out.shape == feats[last].shape

@@ -233,6 +233,8 @@ class MobileNetV1(nn.Module):
       stride *= s
       feats[_stage_name(stride)] = x  # the last block at this stride wins
 
+    if self.num_classes == 0:  # a head-less backbone: no pool or FC
+      return feats if features else x
     feats = _head(self, x, feats, train)
     return feats if features else feats['logits']
 
@@ -261,6 +263,8 @@ class MobileNetV2(nn.Module):
     self, x: jax.Array, *, train: bool = False, features: bool = False
   ) -> jax.Array | dict[str, jax.Array]:
     _check('MobileNetV2', self.width_multiplier, self.dropout_rate, self.depthwise_impl)
+    if self.num_classes < 0:
+      raise UserError(f'MobileNetV2.num_classes={self.num_classes}; 0 builds no head, else > 0')
     conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
     pointwise = _pointwise(self.dtype)
     depthwise = partial(DepthwiseConv, padding=1, dtype=self.dtype, impl=self.depthwise_impl)
@@ -289,6 +293,8 @@ class MobileNetV2(nn.Module):
         stride *= strides
         feats[_stage_name(stride)] = x  # the last block at this stride wins
 
+    if self.num_classes == 0:  # a head-less backbone (DeepLab): no last 1x1 conv, pool or FC
+      return feats if features else x
     last = make_divisible(self.last_features * max(1.0, self.width_multiplier))
     x = pointwise(last, (1, 1), padding=0, name='last_conv')(x)  # (B, H/32, W/32, 1280)
     x = nn.relu6(norm(name='last_bn')(x))
