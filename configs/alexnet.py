@@ -24,7 +24,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == 'digits':
     config.image_size = 64
     default.set_offline_recipe(config, num_epochs=10.0)
-    config.optimizer.lr = 0.01  # no BatchNorm: 0.1 diverges in the first epoch
+    # No BatchNorm, and only 110 steps: SGD at the paper's lr 0.01 stayed at chance (16.9% test
+    # accuracy after 10 epochs); AdamW at 3e-4 reached 83.9% after 5 (2-core CPU, 2026-11-25).
+    config.optimizer.name = 'adamw'
+    config.optimizer.lr = 3e-4
+    config.optimizer.weight_decay = 1e-4
     return config
   config.batch_size = 128
   config.optimizer.lr = 0.01
