@@ -6,8 +6,7 @@
 At 32x32 the five pools leave a 1x1 map; the ImageNet head would repeat it 49 times (adaptive pool
 to 7x7) into a 25,088 x 4,096 fc6, 102 M weights for no information. The offline default and the
 CIFAR variant therefore use the head CIFAR work uses (pool to 1x1, fc6/fc7 of 512): vgg11_bn has
-9.8 M parameters there instead of 128.8 M. Without BatchNorm, plain VGG at lr 0.1 does not train
-from the default init; use the _bn nets or a lower lr. Cost and accuracy: README, "Offline results".
+9.8 M parameters there instead of 128.8 M. Cost and accuracy: README, "Offline results".
 
 Variants (the dataset prepared with tfds, see README):
   :imagenet2012  the paper's recipe: batch 256, SGD momentum 0.9, weight decay 5e-4, lr 0.01
