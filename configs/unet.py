@@ -32,15 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.lr = 3e-3
   config.optimizer.weight_decay = 1e-4
   if arg in (None, '', 'digit_scenes'):
-    config.dataset = 'digit_scenes'
-    config.image_size = 64
+    default.set_segmentation_offline(config)
     config.image_channels = 1
-    config.batch_size = 32
-    config.eval_batch_size = 100
-    config.num_train_steps = 600
-    config.optimizer.warmup_steps = 30
-    config.log_every_steps = 20
-    config.eval_every_steps = config.checkpoint_every_steps = 200
   elif arg == 'pets':
     config.dataset = 'oxford_iiit_pet'
     config.image_size = 128
