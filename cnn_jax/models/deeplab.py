@@ -46,6 +46,7 @@ from flax.core import FrozenDict
 
 from cnn_jax.errors import UserError
 from cnn_jax.layers import DepthwiseConv, conv_kernel_init, dense_kernel_init
+from cnn_jax.models.fcn import FCNHead  # torchvision's; also FCN-ResNet's heads
 from cnn_jax.models.resnet import DILATION_FOR_OUTPUT_STRIDE
 
 ModuleDef = Any
@@ -131,37 +132,6 @@ class ASPP(nn.Module):
     if self.dropout_rate:
       y = nn.Dropout(self.dropout_rate, deterministic=not train, name='dropout')(y)
     return y
-
-
-class FCNHead(nn.Module):
-  """torchvision's FCNHead: 3x3 conv to C/4 (no bias) + BN + ReLU + dropout + 1x1 to the classes.
-
-  DeepLab's and FCN-ResNet's auxiliary head on stage 3 (1024 -> 256 channels for ResNet-50).
-  Returns float32 logits at the resolution of its input.
-  """
-
-  num_classes: int
-  norm: ModuleDef
-  dropout_rate: float = 0.1
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    hidden = x.shape[-1] // 4
-    x = nn.Conv(
-      hidden,
-      (3, 3),
-      padding=1,
-      use_bias=False,
-      dtype=self.dtype,
-      kernel_init=conv_kernel_init,
-      name='conv',
-    )(x)
-    x = nn.relu(self.norm(name='bn')(x))
-    if self.dropout_rate:
-      x = nn.Dropout(self.dropout_rate, deterministic=not train, name='dropout')(x)
-    x = _classifier(self.num_classes, self.dtype)(x)
-    return jnp.asarray(x, jnp.float32)
 
 
 def _classifier(num_classes: int, dtype: Any) -> nn.Module:
@@ -273,8 +243,12 @@ class DeepLab(nn.Module):
 
     # The aux head's parameters also exist after an eval-mode init (one tree for both modes).
     if self.aux_loss and (train or self.is_initializing()):
-      aux = FCNHead(self.num_classes, norm, dtype=self.dtype, name='aux_head')
-      aux_logits = aux(self._feature(feats, self.aux_feature), train=train)
+      aux = FCNHead(
+        self.num_classes, dtype=self.dtype, norm_axis_name=self.norm_axis_name, name='aux_head'
+      )
+      aux_logits = jnp.asarray(
+        aux(self._feature(feats, self.aux_feature), train=train), jnp.float32
+      )
       if train:
         aux.sow('aux_logits', 'logits', _resize(aux_logits, size))
     return logits
