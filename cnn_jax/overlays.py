@@ -43,14 +43,14 @@ def save(
     image = np.clip(image, 0, 1)
     truth = np.where(labels[i] == ignore_label, num_classes, labels[i])
     shown = [image if image.shape[-1] == 3 else image[..., 0], truth, predictions[i]]
-    for ax, picture, title in zip(axes[i], shown, ('image', 'truth', 'prediction'), strict=True):
-      if picture is image:
-        ax.imshow(picture, cmap='gray' if picture.ndim == 2 else None)
+    for j, (ax, picture) in enumerate(zip(axes[i], shown, strict=True)):
+      if j == 0:  # the image: grey for one channel, on its 0..1 range (not auto-stretched)
+        ax.imshow(picture, cmap='gray' if picture.ndim == 2 else None, vmin=0, vmax=1)
       else:
         ax.imshow(picture, cmap=colors, vmin=-0.5, vmax=num_classes + 0.5, interpolation='nearest')
       ax.set_axis_off()
       if i == 0:
-        ax.set_title(title)
+        ax.set_title(('image', 'truth', 'prediction')[j])
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   fig.savefig(path, dpi=80)

@@ -104,24 +104,31 @@ def add_segmentation_fields(config: ml_collections.ConfigDict) -> None:
   seg = config.segmentation = ml_collections.ConfigDict()
   seg.class_weights = ()  # one per class, torch CrossEntropyLoss(weight=...) style; () = none
   seg.dice_weight = 0.0  # loss += dice_weight * soft Dice loss
-  # Eval-time dense CRF (cnn_jax/crf.py), DeepLab v2's settings; theta_alpha <= 0: DeepLab's 67
-  # for 500-pixel images, scaled to config.image_size.
+  # Eval-time dense CRF (cnn_jax/crf.py), DeepLab v2's released settings; theta_alpha <= 0:
+  # DeepLab's 67 for 500-pixel images, scaled to config.image_size. theta_gamma 3 (the paper's
+  # text) erases thin digits on the offline scenes (crf.py's notes).
   seg.crf = False
   seg.crf_iterations = 10
   seg.crf_w_appearance = 4.0
   seg.crf_theta_alpha = -1.0
   seg.crf_theta_beta = 3.0
   seg.crf_w_smoothness = 3.0
-  seg.crf_theta_gamma = 3.0
+  seg.crf_theta_gamma = 1.0
 
 
 def set_segmentation_offline(config: ml_collections.ConfigDict) -> None:
-  """digit_scenes (3,000 train / 500 test 64x64 scenes, built locally), 600 steps of batch 32."""
+  """digit_scenes (3,000 train / 500 test 64x64 scenes, built locally), 300 steps of batch 32.
+
+  The loss adds a soft Dice term (weight 1): about 93% of the pixels are background, and with
+  cross-entropy alone the U-Net still predicts background almost everywhere after 200 steps
+  (test mean IoU 0.17), with Dice it reaches 0.67 (2-core CPU).
+  """
   config.dataset = 'digit_scenes'
   config.image_size = 64
   config.batch_size = 32
   config.eval_batch_size = 100
-  config.num_train_steps = 600
+  config.num_train_steps = 300
   config.optimizer.warmup_steps = 30
+  config.segmentation.dice_weight = 1.0
   config.log_every_steps = 20
-  config.eval_every_steps = config.checkpoint_every_steps = 200
+  config.eval_every_steps = config.checkpoint_every_steps = 100

@@ -42,7 +42,7 @@ ROWS = [
 ]
 
 
-def _config(path: str, flags: list[str]):
+def config_of(path: str, flags: list[str]):
   """The config main.py would build (file + --config.x=y overrides), for the size columns."""
   from absl import flags as absl_flags
   from ml_collections import config_flags
@@ -72,7 +72,7 @@ def run_row(label: str, path: str, flags: list[str], fresh: bool) -> dict:
     command_seconds = round(time.perf_counter() - t0, 1)
   with open(summary_path) as f:
     result = json.load(f)
-  config = _config(path, flags)
+  config = config_of(path, flags)
   model = train.create_model(config, num_classes=10)
   s = summary.summarize(model, train.input_shape(config))
   return {

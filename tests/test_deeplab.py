@@ -165,7 +165,7 @@ def test_bad_input_size_raises_one_line_before_compiling():
 
 def test_bad_fields_raise_user_error():
   with pytest.raises(UserError, match='output stride 32 only'):
-    deeplabv3('mobilenet_v2_tiny', output_stride=16).make_backbone()
+    deeplabv3('mobilenet_v1_tiny', output_stride=16).make_backbone()
   with pytest.raises(UserError, match='output_stride=4'):
     deeplab_tiny(output_stride=4).make_backbone()
   with pytest.raises(UserError, match="version='v4'"):

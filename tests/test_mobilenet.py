@@ -329,3 +329,22 @@ def test_num_classes_zero_is_a_headless_backbone():
     assert 'logits' not in feats and feats[last].shape[1:3] == (2, 2)
     out = jax.eval_shape(lambda v, x, m=model: m.apply(v, x), variables, x)
     assert out.shape == feats[last].shape
+
+
+@pytest.mark.parametrize('flags, step', [((False, False, True), 2), ((False, True, True), 4)])
+def test_v2_dilation_is_the_strided_net_a_trous(flags, step):
+  """Output stride 16 / 8 (DeepLab): the same parameters, and the dilated net's map at every
+  `step`-th pixel is the strided net's map exactly (algorithme a trous; eval BN is per pixel)."""
+  strided = mobilenet.mobilenet_v2_tiny(num_classes=0)
+  dilated = mobilenet.mobilenet_v2_tiny(num_classes=0, replace_stride_with_dilation=flags)
+  shape = (2, 64, 64, 3)
+  variables = _init(strided, shape)
+  assert jax.tree.map(jnp.shape, _shapes(dilated, shape)) == jax.tree.map(jnp.shape, variables)
+  x = jax.random.normal(_key(1), shape)
+  a = strided.apply(variables, x, features=True)
+  b = dilated.apply(variables, x, features=True)
+  assert a['stage5'].shape[1:3] == (2, 2) and b['stage5'].shape[1:3] == (2 * step, 2 * step)
+  np.testing.assert_allclose(b['stage5'][:, ::step, ::step], a['stage5'], rtol=1e-4, atol=1e-4)
+  assert b['stage2'].shape == a['stage2'].shape  # rows before the dilated ones are untouched
+  with pytest.raises(UserError, match='expected 3 flags'):
+    _shapes(mobilenet.mobilenet_v2_tiny(replace_stride_with_dilation=(True,)), shape)

@@ -18,6 +18,11 @@ Features (`features=True`), strides relative to the input:
   v2: block1 (16 ch), block3 (24), block6 (32), block13 (96), block17 (320); v2's 1x1 conv to
   1280 comes after 'stage5' (timm's feature layout). DeepLab v3+ takes its low-level feature from
   'stage2' (stride 4) and its high-level one from 'stage5'.
+v2's `replace_stride_with_dilation` (ResNet's field and semantics, for DeepLab): flag k makes the
+inverted-residual row that would reach stride 2^(k + 3) (8, 16, 32) run at stride 1 and multiply
+the dilation of the depthwise convs from there on by 2 instead (the row's first block keeps the
+previous dilation, as torchvision's ResNet and TF DeepLab's MobileNet do); the feature names
+keep their nominal stride ('stage5' is still the last block, at stride 16 with the last flag).
 Block k of v2 is torchvision's `features[k]` (the stem is `features[0]`, the last conv
 `features[18]`, the head `classifier[1]`), so weight import maps names one to one.
 """
@@ -168,6 +173,7 @@ class InvertedResidual(nn.Module):
   depthwise: ModuleDef
   norm: ModuleDef
   strides: int = 1
+  dilation: int = 1  # of the depthwise conv (padded by the same amount: same size out)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -177,7 +183,9 @@ class InvertedResidual(nn.Module):
     if self.expansion != 1:
       y = self.conv(hidden, (1, 1), padding=0, name='expand_conv')(y)  # (B, H, W, t * C_in)
       y = nn.relu6(self.norm(name='expand_bn')(y))
-    y = self.depthwise(strides=self.strides, name='dw_conv')(y)  # (B, H/s, W/s, t * C_in)
+    y = self.depthwise(
+      strides=self.strides, padding=self.dilation, dilation=self.dilation, name='dw_conv'
+    )(y)  # (B, H/s, W/s, t * C_in)
     y = nn.relu6(self.norm(name='dw_bn')(y))
     y = self.conv(self.features, (1, 1), padding=0, name='project_conv')(y)
     y = self.norm(name='project_bn')(y)  # no activation: ReLU in a narrow layer loses information
@@ -254,6 +262,8 @@ class MobileNetV2(nn.Module):
   last_features: int = 1280
   dropout_rate: float = 0.2
   depthwise_impl: str = 'auto'  # 'auto' | 'shift' | 'grouped' (cnn_jax.depthwise)
+  # Per nominal stride 8, 16, 32: dilate instead of striding (module docstring); DeepLab sets it.
+  replace_stride_with_dilation: Sequence[bool] = (False, False, False)
   num_classes: int = 1000
   dtype: Any = jnp.float32
   norm_axis_name: str | None = None  # BatchNorm statistics averaged over this axis
@@ -265,6 +275,11 @@ class MobileNetV2(nn.Module):
     _check('MobileNetV2', self.width_multiplier, self.dropout_rate, self.depthwise_impl)
     if self.num_classes < 0:
       raise UserError(f'MobileNetV2.num_classes={self.num_classes}; 0 builds no head, else > 0')
+    flags = tuple(bool(f) for f in self.replace_stride_with_dilation)
+    if len(flags) != 3:
+      raise UserError(
+        f'MobileNetV2.replace_stride_with_dilation={flags}; expected 3 flags (strides 8, 16, 32)'
+      )
     conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
     pointwise = _pointwise(self.dtype)
     depthwise = partial(DepthwiseConv, padding=1, dtype=self.dtype, impl=self.depthwise_impl)
@@ -277,10 +292,15 @@ class MobileNetV2(nn.Module):
     x = nn.relu6(norm(name='stem_bn')(x))
     feats['stem'] = x
 
-    stride, index = 2, 0
+    stride, dilation, index = 2, 1, 0  # stride: nominal (as if nothing were dilated)
     for t, c, n, s in self.setting:
+      reached = stride * s  # flags index the rows reaching strides 8, 16, 32
+      row_dilation = dilation
+      dilate = s > 1 and reached in (8, 16, 32) and flags[int(math.log2(reached)) - 3]
+      if dilate:  # this row's stride becomes dilation, from its second block on
+        dilation *= s
       for j in range(n):
-        index, strides = index + 1, s if j == 0 else 1
+        index, strides = index + 1, s if j == 0 and not dilate else 1
         x = InvertedResidual(
           make_divisible(c * self.width_multiplier),
           expansion=t,
@@ -288,10 +308,11 @@ class MobileNetV2(nn.Module):
           depthwise=depthwise,
           norm=norm,
           strides=strides,
+          dilation=row_dilation if j == 0 else dilation,
           name=f'block{index}',
         )(x)
-        stride *= strides
-        feats[_stage_name(stride)] = x  # the last block at this stride wins
+        stride *= s if j == 0 else 1
+        feats[_stage_name(stride)] = x  # the last block at this (nominal) stride wins
 
     if self.num_classes == 0:  # a head-less backbone (DeepLab): no last 1x1 conv, pool or FC
       return feats if features else x
