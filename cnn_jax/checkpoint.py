@@ -29,6 +29,15 @@ class Checkpointer:
       ),
     )
 
+  @staticmethod
+  def find_latest(workdir: str) -> int | None:
+    """The latest step saved under workdir/checkpoints, without creating anything."""
+    directory = os.path.join(workdir, 'checkpoints')
+    if not os.path.isdir(directory):
+      return None
+    steps = [int(d) for d in os.listdir(directory) if d.isdigit()]
+    return max(steps, default=None)
+
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 

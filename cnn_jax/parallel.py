@@ -33,13 +33,19 @@ class ShardMapRunner:
     self._replicated = NamedSharding(self.mesh, P())
     self._split = NamedSharding(self.mesh, P(AXIS))
 
-  def compile(self, step: Callable, *, donate_state: bool = True) -> Callable:
-    """step(state, batch) -> (state', out) per device; `out` must be replicated (psum/pmean'd)."""
+  def compile(self, step: Callable, *, donate_state: bool = True, num_consts: int = 0) -> Callable:
+    """step(state, batch, *consts) -> (state', out) per device; `out` must be replicated
+    (psum/pmean'd). `consts`: replicated inputs (put with `put_state`) that the step reads and
+    never returns, e.g. a distillation teacher's variables; they are not donated."""
     # check_vma=False: the step averages gradients itself with an explicit pmean. (With the
     # default check, gradients of replicated parameters come back already summed over the axis
     # and a further pmean would leave them N times too large.)
     mapped = jax.shard_map(
-      step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()), check_vma=False
+      step,
+      mesh=self.mesh,
+      in_specs=(P(), P(AXIS), *[P()] * num_consts),
+      out_specs=(P(), P()),
+      check_vma=False,
     )
     return jax.jit(mapped, donate_argnums=(0,) if donate_state else ())
 
@@ -76,7 +82,8 @@ class PmapRunner:
     self.local_devices = self._devices or jax.local_devices()
     self.num_devices = len(self._devices) if devices else jax.device_count()
 
-  def compile(self, step: Callable, *, donate_state: bool = True) -> Callable:
+  def compile(self, step: Callable, *, donate_state: bool = True, num_consts: int = 0) -> Callable:
+    del num_consts  # consts are put replicated (`put_state`), like the state: in_axes 0 fits
     donate = (0,) if donate_state else ()
     return jax.pmap(step, axis_name=AXIS, donate_argnums=donate, devices=self._devices)
 

@@ -79,6 +79,83 @@ class Classification:
     return {'accuracy': float(totals['correct']) / count, 'loss': float(totals['loss']) / count}
 
 
+def distillation_loss(
+  student_logits: jax.Array,
+  teacher_logits: jax.Array,
+  labels: jax.Array,
+  *,
+  num_classes: int,
+  alpha: float,
+  temperature: float,
+  label_smoothing: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
+  """Per-example knowledge-distillation loss (Hinton, Vinyals & Dean 2015) and its KL term.
+
+    loss = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(z_s, y)
+
+  The T^2 keeps the soft term's gradients at the scale of the hard term's as T changes (the
+  gradient of the tempered KL shrinks as 1 / T^2). alpha = 0 is plain cross-entropy.
+
+  Args:
+    student_logits, teacher_logits: (B, K); the teacher's are treated as constants.
+    labels: (B,) int class indices for the hard term.
+    num_classes, label_smoothing: of the hard term (`cross_entropy`).
+    alpha: weight of the soft term, in [0, 1].
+    temperature: T > 0.
+
+  Returns:
+    (loss, kl), both (B,) float32; kl is the untempered-scale KL(p_t^T || p_s^T) (no T^2).
+  """
+  t = temperature
+  z_s = student_logits.astype(jnp.float32)
+  z_t = lax.stop_gradient(teacher_logits.astype(jnp.float32))
+  kl = optax.losses.kl_divergence_with_log_targets(
+    jax.nn.log_softmax(z_s / t), jax.nn.log_softmax(z_t / t)
+  )
+  ce = cross_entropy(z_s, labels, num_classes, label_smoothing)
+  return alpha * t * t * kl + (1.0 - alpha) * ce, kl
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation(Classification):
+  """Classification learned from a teacher's logits (batch['teacher_logits'], which the trainer
+  computes in the step) and the labels: `distillation_loss`. Evaluation is the student's alone."""
+
+  alpha: float = 0.9
+  temperature: float = 4.0
+
+  def loss(self, logits: jax.Array, batch: Batch) -> jax.Array:
+    loss, _ = distillation_loss(
+      logits,
+      batch['teacher_logits'],
+      batch['label'],
+      num_classes=self.num_classes,
+      alpha=self.alpha,
+      temperature=self.temperature,
+      label_smoothing=self.label_smoothing,
+    )
+    return loss.mean()
+
+  def train_metrics(self, logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    teacher, labels = batch['teacher_logits'], batch['label']
+    _, kl = distillation_loss(
+      logits,
+      teacher,
+      labels,
+      num_classes=self.num_classes,
+      alpha=self.alpha,
+      temperature=self.temperature,
+    )
+    student_class, teacher_class = jnp.argmax(logits, -1), jnp.argmax(teacher, -1)
+    count = lax.psum(labels.shape[0], AXIS)
+    return {
+      **super().train_metrics(logits, batch),  # 'accuracy': the student's
+      'teacher_accuracy': lax.psum(jnp.sum(teacher_class == labels), AXIS) / count,
+      'agreement': lax.psum(jnp.sum(student_class == teacher_class), AXIS) / count,
+      'kl': lax.psum(jnp.sum(kl), AXIS) / count,
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class CRFOptions:
   """Eval-time dense CRF (cnn_jax/crf.py), and how to undo the input normalisation for it."""
@@ -182,6 +259,16 @@ def create(config: ml_collections.ConfigDict, spec: Any, num_classes: int) -> Ta
   """The task of a dataset (its spec's 'classification' | 'segmentation') with config options."""
   task = getattr(spec, 'task', 'classification')
   if task == 'classification':
+    distill = config.get('distill')
+    if distill is not None:
+      if not 0 <= distill.alpha <= 1 or not distill.temperature > 0:
+        raise UserError(
+          f'config.distill.alpha={distill.alpha}, temperature={distill.temperature}; expected '
+          'alpha in [0, 1] and temperature > 0'
+        )
+      return Distillation(
+        num_classes, config.label_smoothing, alpha=distill.alpha, temperature=distill.temperature
+      )
     return Classification(num_classes, config.label_smoothing)
   if task == 'segmentation':
     seg = config.get('segmentation', ml_collections.ConfigDict())

@@ -47,13 +47,23 @@ class TrainState:
 def train_step(
   state: TrainState,
   batch: dict[str, jax.Array],
+  teacher_variables: PyTree = None,
   *,
   model: flax.linen.Module,
   tx: optax.GradientTransformation,
   task: tasks.Task,
+  teacher_model: flax.linen.Module | None = None,
 ) -> tuple[TrainState, Metrics]:
-  """One SGD step on this device's share of the batch; gradients averaged over AXIS."""
+  """One SGD step on this device's share of the batch; gradients averaged over AXIS.
+
+  With a `teacher_model` (distillation), its logits on the same augmented images join the batch
+  as 'teacher_logits' for the task's loss: the teacher runs in eval mode (running BatchNorm
+  statistics, no dropout), outside the differentiated function, and is never updated.
+  """
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
+  if teacher_model is not None:
+    teacher_logits = teacher_model.apply(teacher_variables, batch['image'], train=False)
+    batch = {**batch, 'teacher_logits': jnp.asarray(teacher_logits, jnp.float32)}
 
   def loss_fn(params):
     logits, updates = model.apply(
@@ -124,6 +134,7 @@ class Experiment:
   schedule: optax.Schedule
   tx: optax.GradientTransformation
   runner: Any
+  teacher: 'Experiment | None' = None  # distillation: the teacher's run (config.teacher)
 
 
 def _check_workdir(workdir: str) -> None:
@@ -207,6 +218,7 @@ def build(
     num_steps = math.ceil(config.num_epochs * steps_per_epoch)
   schedule = optim.create_schedule(config.optimizer, num_steps, steps_per_epoch)
   tx = optim.create_optimizer(config.optimizer, schedule)
+  teacher = _build_teacher(config, workdir, num_classes, devices) if 'distill' in config else None
   return Experiment(
     config,
     workdir,
@@ -219,7 +231,60 @@ def build(
     schedule,
     tx,
     runner,
+    teacher,
   )
+
+
+def teacher_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Where a distillation teacher is trained / read: config.distill.teacher_workdir or
+  <workdir>/teacher."""
+  return config.distill.teacher_workdir or os.path.join(workdir, 'teacher')
+
+
+def _build_teacher(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  num_classes: int,
+  devices: list[jax.Device] | None,
+) -> Experiment:
+  """The teacher's Experiment (config.teacher, a whole config), checked against the student's."""
+  if 'teacher' not in config:
+    raise UserError('config.distill is set but config.teacher is missing; see configs/distill.py')
+  tconfig = config.teacher
+  if tconfig.dataset != config.dataset:
+    raise UserError(
+      f"the teacher's dataset '{tconfig.dataset}' differs from the student's "
+      f"'{config.dataset}'; set --config.teacher.dataset={config.dataset}"
+    )
+  if input_shape(tconfig) != input_shape(config):
+    raise UserError(
+      f"the teacher sees the student's images, but its input is {input_shape(tconfig)} and the "
+      f"student's {input_shape(config)}; set config.teacher.image_size / image_channels to match"
+    )
+  if 'distill' in tconfig:
+    raise UserError('config.teacher has a distill section of its own; chains are not supported')
+  texp = build(tconfig, teacher_workdir(config, workdir), devices)
+  if texp.num_classes != num_classes:
+    raise UserError(
+      f'the teacher has {texp.num_classes} classes and the student {num_classes}; '
+      'set config.teacher.model.num_classes=-1'
+    )
+  if not config.distill.train_teacher and Checkpointer.find_latest(texp.workdir) is None:
+    raise UserError(
+      f'no teacher checkpoint in {texp.workdir}/checkpoints; train it there first, point '
+      '--config.distill.teacher_workdir at one, or set --config.distill.train_teacher=True'
+    )
+  return texp
+
+
+def restore_variables(exp: Experiment) -> dict[str, PyTree]:
+  """{'params', 'batch_stats'} of the latest checkpoint in exp.workdir (host arrays)."""
+  ckpt = Checkpointer(os.path.join(exp.workdir, 'checkpoints'), keep=exp.config.keep_checkpoints)
+  if ckpt.latest_step() is None:
+    raise UserError(f'no checkpoint in {exp.workdir}/checkpoints; train that run first')
+  state = ckpt.restore(initial_state(exp))
+  ckpt.close()
+  return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
 def initial_state(exp: Experiment) -> TrainState:
@@ -343,6 +408,20 @@ def train_and_evaluate(
   exp = build(config, workdir, devices)
   primary = jax.process_index() == 0
   start_time = time.time()
+  consts, teacher_summary = (), {}
+  if exp.teacher is not None:
+    texp = exp.teacher
+    summary_path = os.path.join(texp.workdir, 'summary.json')
+    if config.distill.train_teacher and not os.path.exists(summary_path):
+      logging.info('Training the teacher first, in %s.', texp.workdir)
+      if train_and_evaluate(texp.config, texp.workdir, devices) is None:
+        return None  # stopped by SIGTERM while training the teacher: rerun to resume
+    if os.path.exists(summary_path):
+      with open(summary_path) as f:
+        teacher_summary = {'teacher_test_accuracy': json.load(f).get('test_accuracy')}
+    # Replicated like the state, passed to every step, never donated, never saved with the
+    # student's checkpoints.
+    consts = (exp.runner.put_state(restore_variables(texp)),)
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
   state = initial_state(exp)
   start_step = ckpt.latest_step() or 0
@@ -361,7 +440,9 @@ def train_and_evaluate(
       model=exp.model,
       tx=exp.tx,
       task=exp.task,
-    )
+      teacher_model=exp.teacher.model if exp.teacher is not None else None,
+    ),
+    num_consts=len(consts),
   )
   eval_fn = runner.compile_eval(functools.partial(eval_step, model=exp.model, task=exp.task))
   batches = data_lib.train_iterator(
@@ -390,7 +471,7 @@ def train_and_evaluate(
   )
   with _Preemption() as preemption:
     for step in range(start_step + 1, exp.num_steps + 1):
-      state, metrics = step_fn(state, runner.put_batch(next(batches)))
+      state, metrics = step_fn(state, runner.put_batch(next(batches)), *consts)
       # Wait for the previous step, not this one: the device always has the next step queued,
       # while the host stays at most one step ahead (bounded memory, an honest progress bar).
       if history:
@@ -433,6 +514,7 @@ def train_and_evaluate(
     'steps': exp.num_steps,
     'resumed_from_step': start_step,
     **{f'test_{k}': v for k, v in final.items()},  # test_accuracy, test_loss / test_mean_iou...
+    **teacher_summary,
     'wall_seconds': round(time.time() - start_time, 1),
     'devices': runner.num_devices,
     'processes': jax.process_count(),
