@@ -1,0 +1,131 @@
+"""Training recipes against their baselines, over several seeds: mean and std of test accuracy.
+
+  python experiments/recipes_table.py                       # every group, 3 seeds
+  python experiments/recipes_table.py --group distill --seeds 0 1 2
+
+Groups:
+- distill: LeNet-5 from scratch (configs/lenet5.py) vs LeNet-5 distilled from a ResNet-20
+  teacher (configs/distill.py). The teacher is trained once (seed 0, runs/recipes/teacher) and
+  shared by every distilled seed, so the seeds vary the student only; its row is one run.
+
+Each run is `python main.py --config=... --workdir=runs/recipes/<row>_seed<k> --config.seed=k`
+in a fresh process (a workdir holding summary.json is read, not rerun; `--fresh` reruns).
+Writes experiments/results/recipes_table.md and .json with the load average around each run.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER = 'runs/recipes/teacher'  # relative to the repository root, where main.py runs
+
+# group -> rows of (label, config file, extra flags)
+GROUPS = {
+  'distill': [
+    ('lenet5 from scratch', 'configs/lenet5.py', []),
+    (
+      'lenet5 distilled from resnet20',
+      'configs/distill.py',
+      [f'--config.distill.teacher_workdir={TEACHER}'],
+    ),
+  ],
+}
+
+
+def run(
+  label: str, path: str, flags: list[str], seed: int, fresh: bool, workdir: str | None = None
+) -> dict:
+  slug = label.replace(' ', '_')
+  workdir = workdir or os.path.join(ROOT, 'runs', 'recipes', f'{slug}_seed{seed}')
+  if fresh and os.path.isdir(workdir):
+    shutil.rmtree(workdir)
+  summary_path = os.path.join(workdir, 'summary.json')
+  load_before = os.getloadavg()
+  seconds = None
+  if not os.path.exists(summary_path):
+    cmd = [
+      sys.executable,
+      'main.py',
+      f'--config={path}',
+      f'--workdir={workdir}',
+      f'--config.seed={seed}',
+      *flags,
+    ]
+    print('$', ' '.join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    seconds = round(time.perf_counter() - t0, 1)
+  with open(summary_path) as f:
+    result = json.load(f)
+  return {
+    'seed': seed,
+    'test_accuracy': result['test_accuracy'],
+    'teacher_test_accuracy': result.get('teacher_test_accuracy'),
+    'wall_seconds': seconds or result['wall_seconds'],
+    'load_average_before': [round(v, 2) for v in load_before],
+    'load_average_after': [round(v, 2) for v in os.getloadavg()],
+  }
+
+
+def run_teacher(fresh: bool) -> dict:
+  """The distillation teacher: configs/resnet.py (ResNet-20), seed 0, in TEACHER."""
+  workdir = os.path.join(ROOT, TEACHER)
+  return run('teacher', 'configs/resnet.py', [], 0, fresh, workdir=workdir)
+
+
+def markdown(groups: dict[str, list[dict]]) -> str:
+  lines = [
+    '| group | row | config | seeds | test accuracy, mean ± std | per seed | wall time per run |',
+    '|---|---|---|---:|---:|---|---:|',
+  ]
+  for group, rows in groups.items():
+    for r in rows:
+      accs = [100 * s['test_accuracy'] for s in r['seeds']]
+      std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+      wall = statistics.mean(s['wall_seconds'] for s in r['seeds']) / 60
+      lines.append(
+        f'| {group} | {r["label"]} | `{r["config"]}` | {len(accs)} '
+        f'| {statistics.mean(accs):.2f} ± {std:.2f}% | {", ".join(f"{a:.2f}" for a in accs)} '
+        f'| {wall:.1f} min |'
+      )
+  return '\n'.join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--group', nargs='*', choices=sorted(GROUPS), help='default: all')
+  parser.add_argument('--seeds', nargs='*', type=int, default=[0, 1, 2])
+  parser.add_argument('--fresh', action='store_true', help='rerun runs that already finished')
+  args = parser.parse_args()
+  out = os.path.join(ROOT, 'experiments', 'results', 'recipes_table.json')
+  done: dict[str, list[dict]] = {}
+  if os.path.exists(out):
+    with open(out) as f:
+      done = json.load(f)['groups']
+  for group in args.group or GROUPS:
+    rows = []
+    if group == 'distill':  # the shared teacher first, so no student's time includes it
+      teacher = run_teacher(args.fresh)
+      rows.append({'label': 'teacher resnet20', 'config': 'configs/resnet.py', 'seeds': [teacher]})
+    for label, path, flags in GROUPS[group]:
+      seeds = [run(label, path, flags, s, args.fresh) for s in args.seeds]
+      rows.append({'label': label, 'config': ' '.join([path, *flags]), 'seeds': seeds})
+    done[group] = rows
+    machine = {'machine': platform.machine(), 'cpus': os.cpu_count(), 'python': sys.version[:6]}
+    with open(out, 'w') as f:
+      json.dump({'machine': machine, 'groups': done}, f, indent=1)
+    table = markdown(done)
+    with open(out.replace('.json', '.md'), 'w') as f:
+      f.write(table + '\n')
+    print(table, flush=True)
+
+
+if __name__ == '__main__':
+  main()
