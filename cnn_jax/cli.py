@@ -84,7 +84,11 @@ def run(
   _initialize_distributed(coordinator_address, num_processes, process_id, distributed)
   from cnn_jax import train
 
-  if mode == 'train':
+  if mode == 'train' and 'noisy_student' in config:
+    from cnn_jax import noisy_student
+
+    result = noisy_student.run(config, workdir)
+  elif mode == 'train':
     result = train.train_and_evaluate(config, workdir)
   else:
     result = train.restore_and_evaluate(config, workdir)

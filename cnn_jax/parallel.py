@@ -27,6 +27,8 @@ class ShardMapRunner:
   def __init__(self, devices: Sequence[jax.Device] | None = None):
     devices = list(devices or jax.devices())
     self.num_devices = len(devices)
+    # put_batch splits this host's rows over its own devices, in order, along axis 0.
+    self.num_local_devices = sum(d.process_index == jax.process_index() for d in devices)
     self.mesh = jax.make_mesh(
       (len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
     )
@@ -81,6 +83,7 @@ class PmapRunner:
     self._devices = list(devices) if devices else None
     self.local_devices = self._devices or jax.local_devices()
     self.num_devices = len(self._devices) if devices else jax.device_count()
+    self.num_local_devices = len(self.local_devices)
 
   def compile(self, step: Callable, *, donate_state: bool = True, num_consts: int = 0) -> Callable:
     del num_consts  # consts are put replicated (`put_state`), like the state: in_axes 0 fits

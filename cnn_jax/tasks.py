@@ -157,6 +157,46 @@ class Distillation(Classification):
 
 
 @dataclasses.dataclass(frozen=True)
+class SelfTraining(Classification):
+  """Noisy Student's student (Xie et al. 2020): labelled and pseudo-labelled rows in one batch.
+
+  batch['target'] holds a probability row per example (one-hot for labelled rows, the teacher's
+  hard or soft pseudo-label otherwise), batch['pseudo'] 1.0 on pseudo rows. Loss = mean CE over
+  the labelled rows (label smoothing applies to them only) + unlabel_ratio * mean CE over the
+  pseudo rows; both means are over this device's rows, which the input pipeline splits evenly
+  over devices, so their average over devices is the global batch's. Evaluation is plain
+  classification.
+  """
+
+  unlabel_ratio: float = 1.0
+
+  def loss(self, logits: jax.Array, batch: Batch) -> jax.Array:
+    pseudo = batch['pseudo'].astype(jnp.float32)
+    labelled = 1.0 - pseudo
+    targets = batch['target'].astype(jnp.float32)
+    smoothed = optax.smooth_labels(targets, self.label_smoothing)
+    targets = jnp.where(pseudo[:, None] > 0, targets, smoothed)
+    ce = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    labelled_loss = jnp.sum(ce * labelled) / jnp.maximum(jnp.sum(labelled), 1.0)
+    pseudo_loss = jnp.sum(ce * pseudo) / jnp.maximum(jnp.sum(pseudo), 1.0)
+    return labelled_loss + self.unlabel_ratio * pseudo_loss
+
+  def train_metrics(self, logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    predicted = jnp.argmax(logits, -1)
+    pseudo = batch['pseudo'] > 0
+    labelled = ~pseudo
+
+    def fraction(hits, rows):
+      return lax.psum(jnp.sum(hits & rows), AXIS) / jnp.maximum(lax.psum(jnp.sum(rows), AXIS), 1)
+
+    return {
+      'accuracy': fraction(predicted == batch['label'], labelled),  # on the labelled rows
+      # How often the student follows its teacher's pseudo-label (its argmax for soft ones).
+      'pseudo_agreement': fraction(predicted == jnp.argmax(batch['target'], -1), pseudo),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
 class CRFOptions:
   """Eval-time dense CRF (cnn_jax/crf.py), and how to undo the input normalisation for it."""
 
@@ -259,6 +299,11 @@ def create(config: ml_collections.ConfigDict, spec: Any, num_classes: int) -> Ta
   """The task of a dataset (its spec's 'classification' | 'segmentation') with config options."""
   task = getattr(spec, 'task', 'classification')
   if task == 'classification':
+    self_training = config.get('noisy_student')
+    if self_training is not None and self_training.get('pseudo_labels'):
+      return SelfTraining(
+        num_classes, config.label_smoothing, unlabel_ratio=self_training.unlabel_ratio
+      )
     distill = config.get('distill')
     if distill is not None:
       if not 0 <= distill.alpha <= 1 or not distill.temperature > 0:

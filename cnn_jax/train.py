@@ -135,6 +135,10 @@ class Experiment:
   tx: optax.GradientTransformation
   runner: Any
   teacher: 'Experiment | None' = None  # distillation: the teacher's run (config.teacher)
+  # Noisy Student: the unlabelled part of the train split, and this run's pseudo-labels
+  # ({'indices': (M,), 'targets': (M, K)}, rows of `pool`) when it is a student.
+  pool: Any = None
+  pseudo: dict[str, np.ndarray] | None = None
 
 
 def _check_workdir(workdir: str) -> None:
@@ -192,6 +196,14 @@ def build(
   parallel.check_batch_size('config.batch_size', config.batch_size, runner.num_devices)
   parallel.check_batch_size('config.eval_batch_size', config.eval_batch_size, runner.num_devices)
   data = data_lib.load(config.dataset, config.data_dir or None)
+  self_training = config.get('noisy_student')
+  pool = pseudo = None
+  if self_training is not None:
+    data, pool = data_lib.labeled_split(
+      data, self_training.labeled_fraction, seed=self_training.split_seed
+    )
+    if self_training.pseudo_labels:
+      pseudo = _load_pseudo_labels(self_training.pseudo_labels, len(pool), data.num_classes)
   _check_workdir(workdir)  # created only once the config and data are known to be good
   num_classes = config.model.num_classes
   if num_classes <= 0:
@@ -232,6 +244,48 @@ def build(
     tx,
     runner,
     teacher,
+    pool,
+    pseudo,
+  )
+
+
+def _load_pseudo_labels(path: str, pool_size: int, num_classes: int) -> dict[str, np.ndarray]:
+  if not os.path.exists(path):
+    raise UserError(f'no pseudo-labels at {path}; cnn_jax.noisy_student writes them')
+  with np.load(path) as f:
+    pseudo = {'indices': f['indices'], 'targets': f['targets'].astype(np.float32)}
+  if pseudo['targets'].shape[1:] != (num_classes,) or np.any(pseudo['indices'] >= pool_size):
+    raise UserError(
+      f'the pseudo-labels at {path} do not fit this dataset ({num_classes} classes, a pool of '
+      f'{pool_size}); delete the file to have them made again'
+    )
+  return pseudo
+
+
+def _train_batches(exp: Experiment, start_step: int):
+  """The training batches from start_step on: labelled, or labelled + pseudo-labelled."""
+  config = exp.config
+  common = dict(
+    seed=config.seed,
+    global_batch=config.batch_size,
+    start_step=start_step,
+    num_steps=exp.num_steps,
+    image_size=config.image_size,
+    channels=config.image_channels,
+    randaugment=tuple(config.get('randaugment', ())) or None,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  if exp.pseudo is None:
+    return data_lib.train_iterator(exp.data, **common)
+  return data_lib.self_training_iterator(
+    exp.data,
+    exp.pool,
+    exp.pseudo['indices'],
+    exp.pseudo['targets'],
+    unlabeled_batch=config.noisy_student.unlabeled_batch_size,
+    num_local_devices=exp.runner.num_local_devices,
+    **common,
   )
 
 
@@ -445,17 +499,7 @@ def train_and_evaluate(
     num_consts=len(consts),
   )
   eval_fn = runner.compile_eval(functools.partial(eval_step, model=exp.model, task=exp.task))
-  batches = data_lib.train_iterator(
-    exp.data,
-    seed=config.seed,
-    global_batch=config.batch_size,
-    start_step=start_step,
-    num_steps=exp.num_steps,
-    image_size=config.image_size,
-    channels=config.image_channels,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
+  batches = _train_batches(exp, start_step)
   logging.info(
     'Training %s on %s: %d steps (%d per epoch), batch %d over %d device(s).',
     config.model.name,

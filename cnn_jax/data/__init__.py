@@ -1,6 +1,24 @@
 """Datasets and input pipelines."""
 
-from cnn_jax.data.datasets import DATASETS, Dataset, load
-from cnn_jax.data.pipeline import eval_iterator, eval_steps, train_iterator
+from cnn_jax.data.datasets import DATASETS, Dataset, Source, Subset, labeled_split, load
+from cnn_jax.data.pipeline import (
+  eval_iterator,
+  eval_steps,
+  pool_iterator,
+  self_training_iterator,
+  train_iterator,
+)
 
-__all__ = ['DATASETS', 'Dataset', 'eval_iterator', 'eval_steps', 'load', 'train_iterator']
+__all__ = [
+  'DATASETS',
+  'Dataset',
+  'Source',
+  'Subset',
+  'eval_iterator',
+  'eval_steps',
+  'labeled_split',
+  'load',
+  'pool_iterator',
+  'self_training_iterator',
+  'train_iterator',
+]

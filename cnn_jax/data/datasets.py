@@ -7,10 +7,13 @@ host reads only its own share of every batch.
 
 import dataclasses
 import fcntl
+import math
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from cnn_jax.errors import UserError, close_matches
@@ -41,6 +44,12 @@ class DatasetSpec:
   ignore_label: int = 255  # pixels no loss or metric counts
   flip: bool = True  # 'scale_crop' mirrors left-right (never for digits: another symbol)
   scale_range: tuple[float, float] = (0.5, 2.0)  # 'scale_crop' random rescale (DeepLab's range)
+  # RandAugment (classification training, optional; randaugment.py): the value of pixels that
+  # its geometric ops bring in, in [0, 1] (0.5 grey; 0.0 on a black background), and its largest
+  # translation as a fraction of the side: AutoAugment's ImageNet range 150 px at 331 px by
+  # default, its CIFAR range 10 px at 32 px for small images.
+  fill: float = 0.5
+  max_translate: float = 150 / 331
 
   @property
   def segmentation(self) -> bool:
@@ -48,11 +57,24 @@ class DatasetSpec:
 
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_CIFAR_TRANSLATE = 10 / 32  # AutoAugment's CIFAR range: 10 px at 32 px
 _TFDS_BUILD = 'tfds build {name} --file_format=array_record --data_dir={data_dir}'
 
 DATASETS: dict[str, DatasetSpec] = {
   # Built here from scikit-learn's copy; mean/std of the 8x8 pixels scaled to [0, 1].
-  'digits': DatasetSpec('digits', 'train', 'test', (0.3053,), (0.3760,), 'shift', 'resize', 10),
+  # White digits on black: RandAugment fills with black, and translates by small-image amounts.
+  'digits': DatasetSpec(
+    'digits',
+    'train',
+    'test',
+    (0.3053,),
+    (0.3760,),
+    'shift',
+    'resize',
+    10,
+    fill=0.0,
+    max_translate=_CIFAR_TRANSLATE,
+  ),
   'mnist': DatasetSpec(
     'mnist',
     'train',
@@ -63,6 +85,8 @@ DATASETS: dict[str, DatasetSpec] = {
     'resize',
     10,
     how_to_prepare=_TFDS_BUILD,
+    fill=0.0,
+    max_translate=_CIFAR_TRANSLATE,
   ),
   'cifar10': DatasetSpec(
     'cifar10',
@@ -74,6 +98,7 @@ DATASETS: dict[str, DatasetSpec] = {
     'resize',
     10,
     how_to_prepare=_TFDS_BUILD,
+    max_translate=_CIFAR_TRANSLATE,
   ),
   'cifar100': DatasetSpec(
     'cifar100',
@@ -85,6 +110,7 @@ DATASETS: dict[str, DatasetSpec] = {
     'resize',
     100,
     how_to_prepare=_TFDS_BUILD,
+    max_translate=_CIFAR_TRANSLATE,
   ),
   'imagenet2012': DatasetSpec(
     'imagenet2012',
@@ -182,6 +208,74 @@ class _InMemorySource:
 
   def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
     return [self._examples[int(i)] for i in indices]
+
+
+class Subset:
+  """Examples `indices` of another source: example i here is source example indices[i]."""
+
+  def __init__(self, source: Source, indices: Sequence[int] | np.ndarray):
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    outside = indices[(indices < 0) | (indices >= len(source))]
+    if outside.size:
+      raise ValueError(f'Subset index {outside[0]} outside the source [0, {len(source)})')
+    self.source, self.indices = source, indices
+
+  def __len__(self) -> int:
+    return int(self.indices.size)
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    return self.source.__getitems__(self.indices[np.asarray(indices, np.int64)].tolist())
+
+
+_LABEL_CHUNK = 4096  # records read at once when collecting labels: bounded memory
+
+
+def source_labels(source: Source) -> np.ndarray:
+  """(N,) int64 the 'label' of every example, read in chunks (the whole split is read once)."""
+  labels = np.empty(len(source), np.int64)
+  for start in range(0, len(source), _LABEL_CHUNK):
+    stop = min(start + _LABEL_CHUNK, len(source))
+    labels[start:stop] = [r['label'] for r in source.__getitems__(list(range(start, stop)))]
+  return labels
+
+
+def labeled_split(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Subset]:
+  """A stratified labelled subset of the train split and the rest as the unlabelled pool.
+
+  For semi-supervised recipes (Noisy Student, Xie et al. 2020). Class c with n_c examples keeps
+  max(1, round(fraction * n_c)) of them labelled (halves round up), drawn with NumPy from
+  (seed, c); both parts list their examples in train-split order. The pool's records keep
+  their 'label', for measuring pseudo-label accuracy only.
+
+  Returns:
+    (a copy of `data` whose train split is the labelled Subset, the pool Subset); fraction 1
+    labels everything and leaves an empty pool.
+  """
+  if (
+    isinstance(fraction, bool)
+    or not isinstance(fraction, numbers.Real)
+    or not 0.0 < fraction <= 1.0  # NaN fails too
+  ):
+    raise UserError(
+      f'labelled fraction {fraction!r}: give a number in (0, 1] (0.1 labels 10% of each class)'
+    )
+  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    raise UserError(f'labelled split seed {seed!r}: give a whole number >= 0')
+  if data.spec.segmentation:
+    raise UserError(
+      f"dataset '{data.name}' is a segmentation dataset: a labelled/unlabelled split needs "
+      'per-image class labels; use a classification dataset'
+    )
+  labels = source_labels(data.train)
+  labelled = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    keep = min(members.size, max(1, math.floor(fraction * members.size + 0.5)))
+    rng = np.random.default_rng((int(seed), int(c)))
+    labelled.append(rng.choice(members, keep, replace=False))
+  labelled = np.sort(np.concatenate(labelled)) if labelled else np.zeros(0, np.int64)
+  pool = np.setdiff1d(np.arange(len(labels)), labelled)
+  return dataclasses.replace(data, train=Subset(data.train, labelled)), Subset(data.train, pool)
 
 
 def default_data_dir() -> str:

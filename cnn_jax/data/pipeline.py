@@ -11,15 +11,27 @@ example, 0 for eval padding. Classification adds 'label' (B,) int32. Segmentatio
 (spec.task == 'segmentation') add 'segmentation' (B, S, S) int32 instead: the class of each pixel,
 or spec.ignore_label (255) for pixels that no loss or metric should count (borders the dataset
 marks as unsure, pixels brought in by augmentation padding, every pixel of a padded eval example).
+
+Classification training may add RandAugment (Cubuk et al. 2019) after the crop and flip, with its
+own seed folded from the example's, so batches without it are what they always were.
+
+Noisy Student self-training (Xie et al. 2020): `self_training_iterator` mixes the labelled stream
+above with a second, independent endless stream over the pseudo-labelled examples (its own
+permutations, from (seed, epoch, 2), and augmentation seeds folded from (seed, position) with 2).
+`pool_iterator` reads the unlabelled pool in order, clean, for the teacher.
 """
 
 import functools
-from collections.abc import Callable, Iterator
+import numbers
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from cnn_jax.data.datasets import Dataset, DatasetSpec, Source
+from cnn_jax.data import randaugment as randaugment_lib
+from cnn_jax.data.datasets import Dataset, DatasetSpec, Source, Subset
+from cnn_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
 
@@ -27,17 +39,22 @@ Batch = dict[str, np.ndarray]
 # 2 px at 32 px for digit shifts (a digit must stay whole in the frame).
 _CROP_PAD = {'crop_flip': 1 / 8, 'shift': 1 / 16}
 _EVAL_CROP_FRACTION = 0.875  # 224 of 256, the usual ImageNet center crop
+# Seeds of the streams besides the labelled one, folded into an example's (seed, position):
+_RANDAUGMENT_STREAM = 1  # RandAugment's choices for an example
+_PSEUDO_STREAM = 2  # the pseudo-labelled examples' order and augmentation (self-training)
 
 
-def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(n)
+def _permutation(seed: int, epoch: int, n: int, stream: int = 0) -> np.ndarray:
+  # NumPy pads seed lists with zeros ([s, e] and [s, e, 0] draw alike): a stream is never 0.
+  key = [seed, epoch, stream] if stream else [seed, epoch]
+  return np.random.default_rng(key).permutation(n)
 
 
 class _TrainIndex:
   """Global positions -> example indices, with the permutation of the current epoch cached."""
 
-  def __init__(self, seed: int, n: int):
-    self.seed, self.n = seed, n
+  def __init__(self, seed: int, n: int, stream: int = 0):
+    self.seed, self.n, self.stream = seed, n, stream
     self._perms: dict[int, np.ndarray] = {}
 
   def __call__(self, positions: np.ndarray) -> np.ndarray:
@@ -46,7 +63,7 @@ class _TrainIndex:
     for e in np.unique(epochs):
       if e not in self._perms:
         self._perms = {k: v for k, v in self._perms.items() if k >= e - 1}
-        self._perms[e] = _permutation(self.seed, int(e), self.n)
+        self._perms[e] = _permutation(self.seed, int(e), self.n, self.stream)
       sel = epochs == e
       out[sel] = self._perms[e][positions[sel] % self.n]
     return out
@@ -153,12 +170,27 @@ def preprocess(
   image_size: int,
   channels: int,
   train: bool,
+  randaugment: tuple[int, float] | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-  """Decodes one image and returns it augmented (train) or resized (eval), normalised."""
+  """Decodes one image and returns it augmented (train) or resized (eval), normalised.
+
+  `randaugment` (N, M): train images also get RandAugment's N ops at magnitude M (of 30) after
+  the crop and flip, in [0, 1], with spec.fill and spec.max_translate.
+  """
   image = tf.io.decode_image(encoded, channels=stored_channels, expand_animations=False)
   image = tf.image.convert_image_dtype(image, tf.float32)  # [0, 1]
   if train:
     image = _augment(image, seed, kind=spec.train_augment, size=image_size)
+    if randaugment:
+      num_layers, magnitude = randaugment
+      image = randaugment_lib.randaugment(
+        tf.ensure_shape(image, (image_size, image_size, stored_channels)),
+        tf.random.experimental.stateless_fold_in(seed, _RANDAUGMENT_STREAM),
+        num_layers=num_layers,
+        magnitude=magnitude,
+        fill=spec.fill,
+        max_translate=spec.max_translate,
+      )
   else:
     image = _eval_resize(image, kind=spec.eval_resize, size=image_size)
   image = (image - spec.mean) / spec.std
@@ -237,6 +269,7 @@ def _to_tf(
   preprocess_fn: Callable,
   seed: int,
   segmentation: bool = False,
+  stream: int = 0,
 ) -> tf.data.Dataset:
   signature = (
     tf.TensorSpec([local_batch], tf.string),
@@ -247,6 +280,8 @@ def _to_tf(
 
   def one(image, label, position, mask):
     seed_ = tf.stack([tf.constant(seed, tf.int64), position])
+    if stream:
+      seed_ = tf.random.experimental.stateless_fold_in(seed_, stream)
     if segmentation:
       image, label = preprocess_fn(image, label, mask, seed_)
       return {'image': image, 'segmentation': label, 'mask': mask}
@@ -270,7 +305,41 @@ def _label_key(data: Dataset) -> str:
   return data.spec.mask_feature if data.spec.segmentation else 'label'
 
 
-def _preprocess_fn(data: Dataset, *, image_size: int, channels: int, train: bool) -> Callable:
+def _check_randaugment(
+  randaugment: Sequence[float] | None, data: Dataset
+) -> tuple[int, float] | None:
+  """(N, M) checked, or None when off (None or empty)."""
+  if randaugment is None or (isinstance(randaugment, (tuple, list)) and not randaugment):
+    return None
+  if data.spec.segmentation:
+    raise UserError(
+      f"RandAugment is not supported for segmentation dataset '{data.name}' (its geometric ops "
+      'would have to move the label map too); turn it off (randaugment None or ())'
+    )
+  if not isinstance(randaugment, (tuple, list)) or len(randaugment) != 2:
+    raise UserError(f'randaugment {randaugment!r}: give (N, M), e.g. (2, 9.0)')
+  num_layers, magnitude = randaugment
+  if isinstance(num_layers, bool) or not isinstance(num_layers, numbers.Integral) or num_layers < 0:
+    raise UserError(f'randaugment N={num_layers!r}: give a whole number of ops >= 0, e.g. 2')
+  if isinstance(magnitude, bool) or not isinstance(magnitude, numbers.Real):
+    raise UserError(f'randaugment M={magnitude!r}: give a number in [0, 30]')
+  if not 0 <= magnitude <= randaugment_lib.MAX_MAGNITUDE:
+    raise UserError(
+      f"randaugment M={magnitude}: outside the paper's scale [0, 30] "
+      '(an AutoAugment-style M on [0, 10] is M * 3 here)'
+    )
+  return int(num_layers), float(magnitude)
+
+
+def _preprocess_fn(
+  data: Dataset,
+  *,
+  image_size: int,
+  channels: int,
+  train: bool,
+  randaugment: tuple[int, float] | None = None,
+) -> Callable:
+  kwargs = {'randaugment': randaugment} if randaugment else {}
   return functools.partial(
     preprocess_segmentation if data.spec.segmentation else preprocess,
     spec=data.spec,
@@ -278,6 +347,7 @@ def _preprocess_fn(data: Dataset, *, image_size: int, channels: int, train: bool
     image_size=image_size,
     channels=channels,
     train=train,
+    **kwargs,
   )
 
 
@@ -290,10 +360,16 @@ def train_iterator(
   num_steps: int,
   image_size: int,
   channels: int,
+  randaugment: tuple[int, float] | None = None,
   process_index: int = 0,
   process_count: int = 1,
 ) -> Iterator[Batch]:
-  """This host's share of the training batches for steps start_step .. num_steps - 1."""
+  """This host's share of the training batches for steps start_step .. num_steps - 1.
+
+  `randaugment` (N, M on 0..30): RandAugment noise on top of the usual augmentation
+  (classification only; None or () off, the batches then unchanged).
+  """
+  randaugment = _check_randaugment(randaugment, data)
   mine = _local_slice(global_batch, process_index, process_count)
   n = len(data.train)
   gen = functools.partial(
@@ -306,12 +382,15 @@ def train_iterator(
     0,
     _label_key(data),
   )
-  pre = _preprocess_fn(data, image_size=image_size, channels=channels, train=True)
+  pre = _preprocess_fn(
+    data, image_size=image_size, channels=channels, train=True, randaugment=randaugment
+  )
   return _to_tf(gen, len(mine), pre, seed, data.spec.segmentation).as_numpy_iterator()
 
 
-def eval_steps(data: Dataset, global_batch: int) -> int:
-  return -(-len(data.eval) // global_batch)
+def eval_steps(data: Dataset, global_batch: int, source: Source | None = None) -> int:
+  """Batches in one pass over `source` (default: the eval split)."""
+  return -(-len(data.eval if source is None else source) // global_batch)
 
 
 def eval_iterator(
@@ -322,22 +401,182 @@ def eval_iterator(
   channels: int,
   process_index: int = 0,
   process_count: int = 1,
+  source: Source | None = None,
 ) -> Iterator[Batch]:
-  """This host's share of the eval set in order; the last batch padded, with mask 0.
+  """This host's share of the eval set (or `source`) in order; the last batch padded, mask 0.
 
-  Segmentation: padded examples' label maps are all ignore_label as well.
+  Eval preprocessing: no augmentation. Segmentation: padded examples' label maps are all
+  ignore_label as well.
   """
+  source = data.eval if source is None else source
   mine = _local_slice(global_batch, process_index, process_count)
-  n = len(data.eval)
+  n = len(source)
   gen = functools.partial(
     _batches,
-    data.eval,
+    source,
     lambda s: s * global_batch + mine,
     lambda idx: idx,
-    range(eval_steps(data, global_batch)),
+    range(eval_steps(data, global_batch, source)),
     len(mine),
     n,
     _label_key(data),
   )
   pre = _preprocess_fn(data, image_size=image_size, channels=channels, train=False)
   return _to_tf(gen, len(mine), pre, 0, data.spec.segmentation).as_numpy_iterator()
+
+
+def pool_iterator(
+  data: Dataset,
+  pool: Source,
+  *,
+  global_batch: int,
+  image_size: int,
+  channels: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Iterator[Batch]:
+  """This host's share of `pool` in order, clean (eval preprocessing), the last batch padded
+  with mask 0: what a Noisy Student teacher labels. 'label' holds the pool's own labels."""
+  return eval_iterator(
+    data,
+    global_batch=global_batch,
+    image_size=image_size,
+    channels=channels,
+    process_index=process_index,
+    process_count=process_count,
+    source=pool,
+  )
+
+
+class _PseudoRows(Subset):
+  """Pseudo-labelled example j: pool example pseudo_indices[j], with j itself as its 'label'
+  (the row of its target, gathered on the host after the tf.data pipeline)."""
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    records = super().__getitems__(indices)
+    return [{**r, 'label': int(j)} for r, j in zip(records, indices, strict=True)]
+
+
+def _host_share(name: str, total: int, process_count: int, num_local_devices: int) -> int:
+  """Rows of `total` for this host; UserError unless they split evenly over its devices."""
+  if total < 1 or total % (process_count * num_local_devices):
+    multiple = process_count * num_local_devices
+    raise UserError(
+      f'{name}={total} does not split evenly over {process_count} host(s) x '
+      f'{num_local_devices} device(s); make it a positive multiple of {multiple}'
+    )
+  return total // process_count
+
+
+def self_training_iterator(
+  data: Dataset,
+  pool: Source,
+  pseudo_indices: np.ndarray,
+  pseudo_targets: np.ndarray,
+  *,
+  seed: int,
+  global_batch: int,
+  unlabeled_batch: int,
+  start_step: int,
+  num_steps: int,
+  image_size: int,
+  channels: int,
+  randaugment: tuple[int, float] | None = None,
+  num_local_devices: int = 1,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Iterator[Batch]:
+  """This host's share of Noisy Student's batches (Xie et al. 2020): labelled + pseudo-labelled.
+
+  Step s holds the labelled examples of train_iterator's step s (same seed: the same examples
+  and crops) and `unlabeled_batch` pseudo-labelled ones: pseudo row j is pool example
+  pseudo_indices[j] with target pseudo_targets[j], drawn from an endless stream of its own
+  (epochs of M rows, permutations from (seed, epoch, 2)). Both get the train augmentation and
+  RandAugment if given. Host-local rows: b = global_batch / P labelled, u = unlabeled_batch / P
+  pseudo; each of the n local devices' contiguous chunks holds b/n labelled then u/n pseudo rows.
+
+  Args:
+    pseudo_indices: (M,) rows of `pool`; repeats allowed (duplicated examples).
+    pseudo_targets: (M, K) float32 probability rows, K = data.num_classes; stays in host memory.
+    num_local_devices: the devices this host's batch is split over, in order along axis 0.
+
+  Yields:
+    'image' (b + u, S, S, C) float32; 'label' (b + u,) int32, -1 on pseudo rows; 'target'
+    (b + u, K) float32, one-hot of the label on labelled rows; 'pseudo' (b + u,) float32, 1 on
+    pseudo rows; 'mask' (b + u,) float32 ones.
+  """
+  randaugment = _check_randaugment(randaugment, data)
+  if data.spec.segmentation:
+    raise UserError(f"self-training needs a classification dataset, not '{data.name}'")
+  pseudo_indices = np.asarray(pseudo_indices).reshape(-1)
+  pseudo_targets = np.asarray(pseudo_targets, dtype=np.float32)  # no copy when float32
+  m, k = len(pseudo_indices), data.num_classes
+  if m == 0:
+    raise UserError(
+      'no pseudo-labelled examples to train on (every one dropped?); lower the confidence '
+      'threshold or label more of the pool'
+    )
+  if pseudo_targets.shape != (m, k) or pseudo_indices.dtype.kind not in 'iu':
+    raise UserError(
+      f'pseudo-labels: {m} indices ({pseudo_indices.dtype}) and targets of shape '
+      f'{pseudo_targets.shape}; expected integer indices and targets ({m}, {k}) for '
+      f"'{data.name}'"
+    )
+  if pseudo_indices.min() < 0 or pseudo_indices.max() >= len(pool):
+    raise UserError(
+      f'pseudo-label indices reach {pseudo_indices.max()}, outside the pool of {len(pool)} '
+      'examples; make the pseudo-labels again from this pool'
+    )
+  n = num_local_devices
+  b = _host_share('batch size (labelled)', global_batch, process_count, n)
+  u = _host_share('unlabeled batch size', unlabeled_batch, process_count, n)
+  steps = range(start_step, num_steps)
+  pre = _preprocess_fn(
+    data, image_size=image_size, channels=channels, train=True, randaugment=randaugment
+  )
+
+  def endless(source: Source, batch: int, local: int, stream: int) -> tf.data.Dataset:
+    mine = process_index * local + np.arange(local)
+    gen = functools.partial(
+      _batches,
+      source,
+      lambda s: s * batch + mine,
+      _TrainIndex(seed, len(source), stream),
+      steps,
+      local,
+      0,
+    )
+    return _to_tf(gen, local, pre, seed, stream=stream)
+
+  labelled = endless(data.train, global_batch, b, 0)
+  pseudo = endless(_PseudoRows(pool, pseudo_indices), unlabeled_batch, u, _PSEUDO_STREAM)
+
+  def per_device(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """(b, ...) and (u, ...) -> (b + u, ...): device d's chunk is b/n rows of x, u/n of y."""
+    rest = tuple(x.shape[1:])
+    xy = tf.concat([tf.reshape(x, (n, b // n, *rest)), tf.reshape(y, (n, u // n, *rest))], 1)
+    return tf.reshape(xy, (b + u, *rest))
+
+  def interleave(x, y):
+    return {'image': per_device(x['image'], y['image']), 'ids': per_device(x['label'], y['label'])}
+
+  ds = tf.data.Dataset.zip(labelled, pseudo).map(interleave)
+  ds = ds.prefetch(tf.data.AUTOTUNE)
+  is_pseudo = np.tile(np.repeat([False, True], [b // n, u // n]), n)  # (b + u,)
+  rows, pseudo_rows = np.flatnonzero(~is_pseudo), np.flatnonzero(is_pseudo)
+
+  def batches() -> Iterator[Batch]:
+    for batch in ds.as_numpy_iterator():
+      ids = batch['ids']  # labelled rows: the class; pseudo rows: j
+      target = np.zeros((b + u, k), np.float32)
+      target[rows, ids[rows]] = 1.0
+      target[pseudo_rows] = pseudo_targets[ids[pseudo_rows]]
+      yield {
+        'image': batch['image'],
+        'label': np.where(is_pseudo, -1, ids).astype(np.int32),
+        'target': target,
+        'pseudo': is_pseudo.astype(np.float32),
+        'mask': np.ones(b + u, np.float32),
+      }
+
+  return batches()

@@ -11,6 +11,9 @@
   dilate their 3x3 convs instead (DeepLab's atrous backbones, output stride 16 or 8).
 - `deformable_stages` swaps the 3x3 convs of the named stages for modulated deformable convs
   (Zhu et al. 2019, `cnn_jax.deformable`).
+- Noise for Noisy Student's student (Xie et al. 2020): `stochastic_depth_prob` (Huang et al.
+  2016, linear decay over the blocks, `block_drop_probs`) and `dropout_rate` before the
+  classifier; both act in training only and default to 0 (the net is then unchanged).
 """
 
 from collections.abc import Sequence
@@ -82,6 +85,37 @@ def _last_norm(block: nn.Module, y: jax.Array, name: str) -> jax.Array:
   return y
 
 
+def block_drop_probs(num_blocks: int, prob: float) -> tuple[float, ...]:
+  """Huang et al. 2016's linear decay rule: block l of L (from 1) drops with `prob` * l / L.
+
+  The last block drops with `prob` itself (Huang et al.: 0.5 on CIFAR; Noisy Student: 0.2, i.e.
+  survival 0.8), the first with `prob` / L; ResNet-110's 54 blocks at 0.5: 0.0093 ... 0.5.
+  """
+  return tuple(prob * block / num_blocks for block in range(1, num_blocks + 1))
+
+
+def _merge(block: nn.Module, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
+  """The block's output from its input `x` and residual branch `y`: relu(shortcut(x) + y).
+
+  Stochastic depth (Huang et al. 2016) as in EfficientNet's MBConv here (torchvision's 'row'
+  mode): one keep/drop draw per example from the 'dropout' rng (mask (B, 1, 1, 1)), survivors
+  scaled by 1 / (1 - p), the identity in eval. Every block with a shortcut drops, projection
+  ('B') and zero-pad ('A') ones included: a dropped example leaves relu(shortcut(x)), as in
+  Huang et al.'s CIFAR nets (all 54 blocks of ResNet-110 count in the rule). Plain nets have
+  no shortcut to fall back on (`ResNet._check_fields` refuses them).
+  """
+  if not block.residual:
+    return nn.relu(y)
+  if block.stochastic_depth_prob > 0:  # no module at 0: the net stays exactly the old one
+    y = nn.Dropout(
+      block.stochastic_depth_prob,
+      broadcast_dims=(1, 2, 3),
+      deterministic=not train,
+      name='stochastic_depth',
+    )(y)
+  return nn.relu(_shortcut(block, x, y))
+
+
 def _shortcut(block: nn.Module, x: jax.Array, y: jax.Array) -> jax.Array:
   """Adds the shortcut of `x` to the residual branch output `y` (called inside block.__call__)."""
   if x.shape == y.shape:
@@ -111,15 +145,16 @@ class BasicBlock(nn.Module):
   dilation: int = 1
   se_reduction: int = 0  # 0: no SE
   deform_conv: ModuleDef | None = None  # factory for the 3x3 convs; None: `conv`
+  stochastic_depth_prob: float = 0.0  # of dropping the residual branch (training)
   dtype: Any = jnp.float32  # of the SE layer
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     y = _conv3x3(self, self.features, self.strides, 'conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
     y = _conv3x3(self, self.features, 1, 'conv2')(y)
     y = _last_norm(self, y, 'bn2')
-    return nn.relu(_shortcut(self, x, y) if self.residual else y)
+    return _merge(self, x, y, train)
 
 
 class BottleneckBlock(nn.Module):
@@ -135,19 +170,20 @@ class BottleneckBlock(nn.Module):
   dilation: int = 1  # of the 3x3 conv
   se_reduction: int = 0  # 0: no SE
   deform_conv: ModuleDef | None = None  # factory for the 3x3 conv; None: `conv`
+  stochastic_depth_prob: float = 0.0  # of dropping the residual branch (training)
   dtype: Any = jnp.float32  # of the SE layer
 
   expansion = 4
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     y = self.conv(self.features, (1, 1), padding=0, name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
     y = _conv3x3(self, self.features, self.strides, 'conv2')(y)
     y = nn.relu(self.norm(name='bn2')(y))
     y = self.conv(self.features * self.expansion, (1, 1), padding=0, name='conv3')(y)
     y = _last_norm(self, y, 'bn3')
-    return nn.relu(_shortcut(self, x, y) if self.residual else y)
+    return _merge(self, x, y, train)
 
 
 class ResNet(nn.Module):
@@ -180,6 +216,10 @@ class ResNet(nn.Module):
   # and multiplies the dilation by 2 instead; flags for stages the net lacks must be False.
   replace_stride_with_dilation: tuple[bool, ...] = (False, False, False)
   deformable_stages: tuple[int, ...] = ()  # stages (numbered from 1) with deformable 3x3 convs
+  # Training-only noise (Noisy Student's student: 0.2 and 0.5), both in [0, 1). Stochastic depth:
+  # block l of L drops its residual branch with stochastic_depth_prob * l / L (block_drop_probs).
+  stochastic_depth_prob: float = 0.0
+  dropout_rate: float = 0.0  # on the pooled features, before 'head'
 
   @nn.compact
   def __call__(
@@ -198,6 +238,7 @@ class ResNet(nn.Module):
     # DCNv2 recipe: offsets and modulation from a zero-initialised conv; main kernel as `conv`.
     deform = partial(DeformableConv, dtype=self.dtype, kernel_init=conv_kernel_init)
     block_cls = BasicBlock if self.block == 'basic' else BottleneckBlock
+    drop_probs = block_drop_probs(sum(self.stage_sizes), self.stochastic_depth_prob)
     feats = {}
 
     x = jnp.asarray(x, self.dtype)
@@ -230,15 +271,18 @@ class ResNet(nn.Module):
           dilation=previous_dilation if j == 0 else dilation,
           se_reduction=self.se_reduction,
           deform_conv=deform if i + 1 in self.deformable_stages else None,
+          stochastic_depth_prob=drop_probs[sum(self.stage_sizes[:i]) + j],
           dtype=self.dtype,
           name=f'stage{i + 1}_block{j + 1}',
-        )(x)
+        )(x, train=train)
       feats[f'stage{i + 1}'] = x
 
     if not self.num_classes:  # head-less: a backbone for dense prediction (no 'pool', 'head')
       return feats if features else x  # (B, H/32, W/32, C) at output stride 32
     x = GlobalAvgPool(name='pool')(x)  # (B, C)
     feats['pre_logits'] = x
+    if self.dropout_rate > 0:  # no module at 0, like stochastic depth
+      x = nn.Dropout(self.dropout_rate, deterministic=not train, name='dropout')(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=dense_kernel_init, name='head')(x)
     # Logits in float32 so that softmax / cross-entropy stay accurate under bf16 compute.
     x = jnp.asarray(x, jnp.float32)
@@ -277,6 +321,19 @@ class ResNet(nn.Module):
       raise UserError(f'ResNet.num_classes={self.num_classes}; expected 0 (head-less) or more')
     if self.se_reduction < 0:
       raise UserError(f'ResNet.se_reduction={self.se_reduction}; expected 0 (no SE) or more')
+    for field in ('stochastic_depth_prob', 'dropout_rate'):
+      if not 0 <= getattr(self, field) < 1:
+        raise UserError(f'ResNet.{field}={getattr(self, field)!r}; expected in [0, 1)')
+    if self.stochastic_depth_prob > 0 and not self.residual:
+      raise UserError(
+        f'ResNet.stochastic_depth_prob={self.stochastic_depth_prob!r} needs shortcuts; the plain '
+        'net (residual=False) has none to fall back on: set it to 0'
+      )
+    if self.dropout_rate > 0 and not self.num_classes:
+      raise UserError(
+        f'ResNet.dropout_rate={self.dropout_rate!r} acts before the classifier, which '
+        'num_classes=0 drops: set it to 0'
+      )
     num_stages = len(self.stage_sizes)
     extra = tuple(self.replace_stride_with_dilation)[num_stages - 1 :]
     if any(extra):

@@ -1,0 +1,63 @@
+"""Noisy Student self-training (Xie, Luong, Hovy & Le 2020) on a labelled + unlabelled split.
+
+  python main.py --config=configs/noisy_student.py --workdir=runs/noisy_student
+
+Iteration 0 trains a clean teacher (no RandAugment, dropout or stochastic depth) on the labelled
+split; iteration k >= 1 lets iteration k - 1 label the unlabelled pool (eval mode, no
+augmentation), filters and balances the pseudo-labels (cnn_jax/pseudo_labels.py), and trains a
+student with noise on both: loss = CE(labelled) + unlabel_ratio * CE(pseudo-labelled), each batch
+holding `batch_size` labelled and `unlabeled_batch_size` pseudo-labelled images. Each iteration
+is a trainer workdir of its own (workdir/iter0, iter1, ...); rerunning the command resumes.
+(cnn_jax/noisy_student.py.)
+
+Offline default: digits, 10% of the train split labelled (stratified, 144 images), the other 90%
+(1,293) the unlabelled pool; ResNet-20 for teacher and students (the paper's students are equal
+or larger), soft pseudo-labels, RandAugment N=2, M=9 (of 30: digits are 8x8 glyphs; the paper's
+M=27 is for ImageNet), dropout 0.5 before the classifier and stochastic depth 0.2 at the last
+block (the paper's survival 0.8), 2 iterations.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.model.name = 'resnet20'
+  config.model.dropout_rate = 0.5  # students only: iteration 0 zeroes the noise fields
+  config.model.stochastic_depth_prob = 0.2
+  config.randaugment = (2, 9.0)  # (N, M on 0..30); students only
+  ns = config.noisy_student = ml_collections.ConfigDict()
+  ns.iterations = 2
+  ns.labeled_fraction = 0.1  # of the train split, stratified; the rest is the unlabelled pool
+  ns.split_seed = 0  # which examples are labelled: fixed across seeds and iterations
+  ns.mode = 'soft'  # 'soft' (tempered softmax) | 'hard' (one-hot argmax)
+  ns.temperature = 1.0
+  ns.threshold = 0.0  # drop pool images whose teacher confidence is below (paper: 0.3)
+  ns.balance = 'duplicate'  # 'none' | 'duplicate' | 'subsample' | 'both' (pseudo_labels.py)
+  ns.per_class = -1  # <= 0: pseudo_labels.select's default for the balance mode
+  ns.unlabel_ratio = 1.0  # weight of the pseudo-labelled loss
+  ns.unlabeled_batch_size = 96
+  ns.pseudo_labels = ''  # set per iteration by cnn_jax/noisy_student.py
+  if arg in (None, '', 'digits'):
+    default.set_offline_recipe(config, num_epochs=1.0)
+    config.batch_size = 32  # labelled: 144 images, so 4 steps an epoch
+    config.num_train_steps = 300
+    config.optimizer.warmup_steps = 15
+    config.eval_every_steps = config.checkpoint_every_steps = 100
+  elif arg == 'cifar10':
+    # 4,000 labelled CIFAR-10 images (8%), the rest of the train split as the pool; the paper's
+    # own unlabelled data (JFT) has no tfds counterpart offline.
+    default.set_variant(config, 'cifar10')
+    ns.labeled_fraction = 0.08
+    config.batch_size = 64
+    ns.unlabeled_batch_size = 448  # 7x, as the paper's ratio for its smaller models
+    config.randaugment = (2, 27.0)
+    config.num_train_steps = 40_000
+    config.optimizer.nesterov = True
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.warmup_steps = 1_000
+  else:
+    raise ValueError(f"unknown variant '{arg}'; use '' (digits) or 'cifar10'")
+  return config
