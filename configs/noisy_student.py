@@ -10,8 +10,8 @@ holding `batch_size` labelled and `unlabeled_batch_size` pseudo-labelled images.
 is a trainer workdir of its own (workdir/iter0, iter1, ...); rerunning the command resumes.
 (cnn_jax/noisy_student.py.)
 
-Offline default: digits, 10% of the train split labelled (stratified, 144 images), the other 90%
-(1,293) the unlabelled pool; ResNet-20 for teacher and students (the paper's students are equal
+Offline default: digits, 10% of the train split labelled (stratified, 145 images), the other 90%
+(1,292) the unlabelled pool; ResNet-20 for teacher and students (the paper's students are equal
 or larger), soft pseudo-labels, RandAugment N=2, M=9 (of 30: digits are 8x8 glyphs; the paper's
 M=27 is for ImageNet), dropout 0.5 before the classifier and stochastic depth 0.2 at the last
 block (the paper's survival 0.8), 2 iterations.
@@ -42,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ns.pseudo_labels = ''  # set per iteration by cnn_jax/noisy_student.py
   if arg in (None, '', 'digits'):
     default.set_offline_recipe(config, num_epochs=1.0)
-    config.batch_size = 32  # labelled: 144 images, so 4 steps an epoch
+    config.batch_size = 32  # labelled: 145 images, so 4 steps an epoch
     config.num_train_steps = 300
     config.optimizer.warmup_steps = 15
     config.eval_every_steps = config.checkpoint_every_steps = 100
@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_train_steps = 40_000
     config.optimizer.nesterov = True
     config.optimizer.weight_decay = 5e-4
-    config.optimizer.warmup_steps = 1_000
+    config.optimizer.warmup_epochs = 5.0  # of the labelled split: 62 steps an epoch
   else:
     raise ValueError(f"unknown variant '{arg}'; use '' (digits) or 'cifar10'")
   return config

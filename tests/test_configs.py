@@ -17,13 +17,16 @@ CONFIG_NAMES = sorted(
   p.stem for p in CONFIG_DIR.glob('*.py') if p.stem not in ('__init__', 'default')
 )
 SEGMENTATION = ('deeplab', 'fcn', 'unet')  # digit_scenes offline, 'pets' by argument
+RECIPES = ('distill', 'noisy_student')  # digits offline, 'cifar10' by argument
 # The classification families (lenet5 has its own 'mnist' variant).
-FAMILIES = [n for n in CONFIG_NAMES if n != 'lenet5' and n not in SEGMENTATION]
+FAMILIES = [n for n in CONFIG_NAMES if n != 'lenet5' and n not in SEGMENTATION + RECIPES]
 
 
 def _variants(name: str) -> list[str]:
   if name in SEGMENTATION:
     return ['', 'pets']
+  if name in RECIPES:
+    return ['', 'cifar10']
   return ['', 'mnist'] if name == 'lenet5' else ['', 'cifar10', 'imagenet2012']
 
 
@@ -48,7 +51,7 @@ def test_config_builds_its_model_at_its_size(name, arg):
   optim.create_optimizer(config.optimizer, schedule).init({'w': jnp.ones((3, 3))})
 
 
-@pytest.mark.parametrize('name', FAMILIES + list(SEGMENTATION))
+@pytest.mark.parametrize('name', FAMILIES + list(SEGMENTATION + RECIPES))
 def test_unknown_variant_is_refused(name):
   with pytest.raises(ValueError, match="unknown variant 'cifar11'"):
     importlib.import_module(f'configs.{name}').get_config('cifar11')
