@@ -108,6 +108,16 @@ def markdown(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+def write_results(out: str, payload: dict, table: str) -> None:
+  """`payload` and the machine as `out` (.json), `table` as the .md beside it; prints the table."""
+  machine = {'machine': platform.machine(), 'cpus': os.cpu_count(), 'python': sys.version[:6]}
+  with open(out, 'w') as f:
+    json.dump({'machine': machine, **payload}, f, indent=1)
+  with open(out.replace('.json', '.md'), 'w') as f:
+    f.write(table + '\n')
+  print(table, flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--only', nargs='*', help='labels of the rows to run (default: all)')
@@ -127,13 +137,7 @@ def main() -> None:
       continue
     done[label] = run_row(label, path, flags, args.fresh)
     rows = [done[lb] for lb in labels if lb in done]
-    machine = {'machine': platform.machine(), 'cpus': os.cpu_count(), 'python': sys.version[:6]}
-    with open(out, 'w') as f:
-      json.dump({'machine': machine, 'rows': rows}, f, indent=1)
-    table = markdown(rows)
-    with open(out.replace('.json', '.md'), 'w') as f:
-      f.write(table + '\n')
-    print(table, flush=True)
+    write_results(out, {'rows': rows}, markdown(rows))
 
 
 if __name__ == '__main__':

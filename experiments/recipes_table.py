@@ -18,7 +18,6 @@ Writes experiments/results/recipes_table.md and .json with the load average arou
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -26,6 +25,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from offline_table import write_results  # noqa: E402  (experiments/ is this script's folder)
+
 TEACHER = 'runs/recipes/teacher'  # relative to the repository root, where main.py runs
 TEACHER_NO_LS = 'runs/recipes/teacher_no_label_smoothing'
 
@@ -147,13 +149,7 @@ def main() -> None:
       seeds = [run(label, path, flags, s, args.fresh) for s in args.seeds]
       rows.append({'label': label, 'config': ' '.join([path, *flags]), 'seeds': seeds})
     done[group] = rows
-    machine = {'machine': platform.machine(), 'cpus': os.cpu_count(), 'python': sys.version[:6]}
-    with open(out, 'w') as f:
-      json.dump({'machine': machine, 'groups': done}, f, indent=1)
-    table = markdown(done)
-    with open(out.replace('.json', '.md'), 'w') as f:
-      f.write(table + '\n')
-    print(table, flush=True)
+    write_results(out, {'groups': done}, markdown(done))
 
 
 if __name__ == '__main__':

@@ -21,7 +21,6 @@ run (the 2 cores may be shared: that changes wall times, not the metrics).
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from offline_table import config_of  # noqa: E402  (experiments/ is this script's folder)
+from offline_table import config_of, write_results  # noqa: E402  (this script's folder)
 
 from cnn_jax import summary, train  # noqa: E402
 
@@ -144,13 +143,7 @@ def main() -> None:
       continue
     done[label] = run_row(label, path, flags, args.fresh, args.crf)
     rows = [done[lb] for lb in labels if lb in done]
-    machine = {'machine': platform.machine(), 'cpus': os.cpu_count(), 'python': sys.version[:6]}
-    with open(out, 'w') as f:
-      json.dump({'machine': machine, 'rows': rows}, f, indent=1)
-    table = markdown(rows)
-    with open(out.replace('.json', '.md'), 'w') as f:
-      f.write(table + '\n')
-    print(table, flush=True)
+    write_results(out, {'rows': rows}, markdown(rows))
 
 
 if __name__ == '__main__':
