@@ -160,6 +160,16 @@ def _eval_resize(image: tf.Tensor, *, kind: str, size: int) -> tf.Tensor:
   return image
 
 
+def _to_channels(image: tf.Tensor, stored: int, channels: int, size: int) -> tf.Tensor:
+  """The (size, size, stored) image with `channels` channels: grey tiled to RGB (one net serves
+  every dataset), RGB averaged to grey."""
+  if stored == 1 and channels == 3:
+    image = tf.tile(image, [1, 1, 3])
+  elif stored == 3 and channels == 1:
+    image = tf.reduce_mean(image, axis=-1, keepdims=True)
+  return tf.ensure_shape(image, (size, size, channels))
+
+
 def preprocess(
   encoded: tf.Tensor,
   label: tf.Tensor,
@@ -194,11 +204,7 @@ def preprocess(
   else:
     image = _eval_resize(image, kind=spec.eval_resize, size=image_size)
   image = (image - spec.mean) / spec.std
-  if stored_channels == 1 and channels == 3:
-    image = tf.tile(image, [1, 1, 3])  # grey to RGB, so one net serves every dataset
-  elif stored_channels == 3 and channels == 1:
-    image = tf.reduce_mean(image, axis=-1, keepdims=True)
-  image = tf.ensure_shape(image, (image_size, image_size, channels))
+  image = _to_channels(image, stored_channels, channels, image_size)
   return image, tf.cast(label, tf.int32)
 
 
@@ -233,11 +239,7 @@ def preprocess_segmentation(
     image = tf.image.resize(image, (image_size, image_size), antialias=True)
     labels = tf.image.resize(labels[..., None], (image_size,) * 2, method='nearest')[..., 0]
   labels = tf.where(valid > 0, labels, spec.ignore_label)
-  if stored_channels == 1 and channels == 3:
-    image = tf.tile(image, [1, 1, 3])
-  elif stored_channels == 3 and channels == 1:
-    image = tf.reduce_mean(image, axis=-1, keepdims=True)
-  image = tf.ensure_shape(image, (image_size, image_size, channels))
+  image = _to_channels(image, stored_channels, channels, image_size)
   return image, tf.ensure_shape(labels, (image_size, image_size))
 
 
