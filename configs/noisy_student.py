@@ -12,9 +12,15 @@ is a trainer workdir of its own (workdir/iter0, iter1, ...); rerunning the comma
 
 Offline default: digits, 10% of the train split labelled (stratified, 145 images), the other 90%
 (1,292) the unlabelled pool; ResNet-20 for teacher and students (the paper's students are equal
-or larger), soft pseudo-labels, RandAugment N=2, M=9 (of 30: digits are 8x8 glyphs; the paper's
-M=27 is for ImageNet), dropout 0.5 before the classifier and stochastic depth 0.2 at the last
-block (the paper's survival 0.8), 2 iterations.
+or larger), soft pseudo-labels, 2 iterations of 300 steps, each step 32 labelled + 32
+pseudo-labelled images. Noise milder than the paper's: RandAugment N=2, M=5 (of 30), dropout 0.2
+before the classifier, stochastic depth 0.1 at the last block. With the paper's strength for
+small data (M=9 here, dropout 0.5, stochastic depth 0.2) the student learned too slowly for the
+budget: seed 0, iteration 1, test accuracy 33.9% at step 100, 85.6% at 200, 93.1% at 300, below
+its teacher's 95.3%; with the milder noise 95.8%, 96.9%, 98.1% (2-core CPU). At 100 steps
+RandAugment (2, 9) alone gave 33.3% and dropout 0.5 + stochastic depth 0.2 alone 60.8%, against
+95.0% without noise: on 8x8 glyphs upscaled to 32x32, Equalize lights up the blurred background
+and Solarize hollows the strokes (README, "Training recipes").
 """
 
 import ml_collections
@@ -25,9 +31,10 @@ from configs import default
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = default.get_config()
   config.model.name = 'resnet20'
-  config.model.dropout_rate = 0.5  # students only: iteration 0 zeroes the noise fields
-  config.model.stochastic_depth_prob = 0.2
-  config.randaugment = (2, 9.0)  # (N, M on 0..30); students only
+  # The paper's noise; students only (iteration 0 zeroes the noise fields).
+  config.model.dropout_rate = 0.5
+  config.model.stochastic_depth_prob = 0.2  # at the last block: the paper's survival 0.8
+  config.randaugment = (2, 27.0)  # (N, M on 0..30)
   ns = config.noisy_student = ml_collections.ConfigDict()
   ns.iterations = 2
   ns.labeled_fraction = 0.1  # of the train split, stratified; the rest is the unlabelled pool
@@ -47,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # train step at 32x32 costs 0.29 s for 32 rows, 0.62 s for 64, 2.1 s for 128 (XLA:CPU's
     # convolution gradients slow down past 64 rows), so a 96-row pseudo batch tripled the time.
     ns.unlabeled_batch_size = 32
+    config.model.dropout_rate = 0.2  # milder noise: the docstring says why
+    config.model.stochastic_depth_prob = 0.1
+    config.randaugment = (2, 5.0)
     config.num_train_steps = 300
     config.optimizer.warmup_steps = 15
     config.eval_every_steps = config.checkpoint_every_steps = 100
@@ -57,7 +67,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ns.labeled_fraction = 0.08
     config.batch_size = 64
     ns.unlabeled_batch_size = 448  # 7x, as the paper's ratio for its smaller models
-    config.randaugment = (2, 27.0)
     config.num_train_steps = 40_000
     config.optimizer.nesterov = True
     config.optimizer.weight_decay = 5e-4
