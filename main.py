@@ -3,6 +3,11 @@
   python main.py --config=configs/resnet.py --workdir=runs/resnet20
   python main.py --config=configs/resnet.py:cifar10 --workdir=runs/r20 --config.optimizer.lr=0.05
   python main.py --config=configs/lenet5.py --mode=summary
+  python main.py --config=configs/resnet_lr_sweep.py --workdir=runs/lr    # a sweep
+
+A config file that defines get_trials is a sweep: its trials run one after another, each in its
+own folder of --workdir, or split over processes with --shard_index=i --num_shards=n; a last
+step tables them all (cnn_jax/sweep.py). --mode=gather tables what has finished so far.
 
 The logic lives in the cnn_jax package; this file only reads flags.
 """
@@ -21,7 +26,11 @@ config_flags.DEFINE_config_file(
   'config', None, 'Config file; file.py:arg picks a variant.', lock_config=True
 )
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs and summary.json.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'summary'], 'What to do.')
+flags.DEFINE_enum(
+  'mode', 'train', ['train', 'eval', 'summary', 'gather'], "What to do; gather: a sweep's table."
+)
+flags.DEFINE_integer('shard_index', 0, 'Sweeps: run trials i with i % num_shards == shard_index.')
+flags.DEFINE_integer('num_shards', 1, 'Sweeps: the number of processes (or hosts) sharing it.')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
@@ -43,6 +52,9 @@ def main(argv):
       num_processes=FLAGS.num_processes,
       process_id=FLAGS.process_id,
       distributed=FLAGS.distributed,
+      config_file=config_flags.get_config_filename(FLAGS['config']),
+      shard_index=FLAGS.shard_index,
+      num_shards=FLAGS.num_shards,
     )
   except cli.UserError as e:
     logging.flush()

@@ -1,4 +1,4 @@
-"""What main.py runs: multi-host set-up, then train, eval or summary."""
+"""What main.py runs: multi-host set-up, then train, eval, summary, or a sweep's trials."""
 
 import json
 import logging as py_logging
@@ -74,14 +74,38 @@ def run(
   num_processes: int | None = None,
   process_id: int | None = None,
   distributed: bool = False,
+  config_file: str | None = None,
+  shard_index: int = 0,
+  num_shards: int = 1,
 ) -> None:
+  """`config_file`: the config's path; a file that defines get_trials is a sweep (sweep.py)."""
   quiet_libraries()
   if mode == 'summary':
-    print(summary(config))
+    print(summary(config))  # a sweep's base model
     return
   if not workdir:
     raise UserError(f'--mode={mode} needs --workdir (the folder for checkpoints and logs)')
+  from cnn_jax import sweep
+
+  hooks = sweep.load_hooks(config_file)
+  if hooks is None and (mode == 'gather' or (shard_index, num_shards) != (0, 1)):
+    flag = '--mode=gather' if mode == 'gather' else '--shard_index/--num_shards'
+    raise UserError(
+      f'{flag} is for sweep configs (files that define get_trials, see cnn_jax/sweep.py)'
+    )
+  if hooks is not None and mode == 'eval':
+    raise UserError(
+      'a sweep has no single checkpoint to evaluate: --mode=gather tables its trials, and each '
+      'trial folder holds its own config.json and summary.json'
+    )
+  sweep.check_shard(shard_index, num_shards)
   _initialize_distributed(coordinator_address, num_processes, process_id, distributed)
+  if hooks is not None:
+    if mode == 'gather':
+      sweep.gather(config, workdir, hooks)
+    else:
+      sweep.run(config, workdir, hooks, shard_index=shard_index, num_shards=num_shards)
+    return
   from cnn_jax import train
 
   if mode == 'train' and 'noisy_student' in config:

@@ -13,7 +13,7 @@ from cnn_jax.errors import UserError, close_matches
 from cnn_jax.models.alexnet import alexnet, alexnet_tiny
 from cnn_jax.models.deeplab import deeplab_tiny, deeplabv3, deeplabv3plus, deeplabv3plus_tiny
 from cnn_jax.models.densenet import densenet, densenet_tiny
-from cnn_jax.models.efficientnet import efficientnet_tiny, efficientnet_variant
+from cnn_jax.models.efficientnet import efficientnet, efficientnet_tiny, efficientnet_variant
 from cnn_jax.models.fcn import fcn, fcn_resnet, fcn_resnet_tiny, fcn_tiny
 from cnn_jax.models.googlenet import googlenet, googlenet_tiny
 from cnn_jax.models.lenet import LeNet5
@@ -80,6 +80,8 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
   'mobilenet_v2': mobilenet_v2,
   # EfficientNet B0-B7 (Tan & Le 2019): the hand-set width/depth/resolution/dropout table.
   **{f'efficientnet_b{i}': partial(efficientnet_variant, f'b{i}') for i in range(8)},
+  # B0 at any width_mult / depth_mult: compound-scaling sweeps (configs/efficientnet_sweep.py).
+  'efficientnet_scaled': efficientnet,
   # Segmentation (per-pixel logits): FCN (Long et al. 2015) on VGG-16 and torchvision's FCN-ResNet,
   # U-Net (Ronneberger et al. 2015), DeepLab v3 / v3+ (Chen et al. 2017, 2018).
   'fcn32s': partial(fcn, '32s'),

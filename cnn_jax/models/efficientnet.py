@@ -3,6 +3,9 @@
 B0 is the MnasNet-like stage table below (MBConv = inverted residual + squeeze-excite, SiLU);
 B1-B7 scale its widths by `round_filters`, its depths by `round_repeats` and the input resolution
 by the hand-set table `EFFICIENTNET_PARAMS` (from the paper's code; not alpha^phi exactly).
+Compound scaling by alpha^phi, beta^phi, gamma^phi is a separate path with the same rounding
+(`compound_multipliers`, `scaled_layout`, `round_resolution`; `efficientnet`, registered as
+'efficientnet_scaled').
 Parameter counts equal torchvision's efficientnet_b0..b7 (5,288,548 ... 66,347,960).
 
 Deviations from torchvision, on purpose:
@@ -107,6 +110,41 @@ def round_repeats(repeats: int, depth_mult: float) -> int:
   block counts and parameter counts match theirs.
   """
   return int(math.ceil(repeats * depth_mult))
+
+
+def round_resolution(resolution: int, resolution_mult: float) -> int:
+  """`resolution * resolution_mult` to the nearest pixel (half up, at least 1), e.g. 16 * 1.15 = 18.
+
+  The paper gives no rule for this (B1-B7's sizes are hand-set); compound-scaled nets here use it.
+  """
+  return max(1, int(resolution * resolution_mult + 0.5))
+
+
+def compound_multipliers(
+  alpha: float, beta: float, gamma: float, phi: float
+) -> tuple[float, float, float]:
+  """(depth, width, resolution) multipliers alpha^phi, beta^phi, gamma^phi (Tan & Le 2019, eq. 3).
+
+  With alpha * beta^2 * gamma^2 ~= 2 the multiply-adds grow by about 2^phi: a conv net's cost is
+  linear in depth and quadratic in width and in resolution.
+  """
+  return alpha**phi, beta**phi, gamma**phi
+
+
+def scaled_layout(
+  width_mult: float,
+  depth_mult: float,
+  stages: Sequence[MBConvStage] = B0_STAGES,
+  last_features: int = 1280,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """(blocks per stage, channels) of `EfficientNet(width_mult, depth_mult, stages)`, no tracing.
+
+  Channels: the stem, each stage's output, the last 1x1 conv. Two multipliers with the same
+  layout build the same network (e.g. depth 1.1 and 1.2 of B0 both give 23 blocks).
+  """
+  repeats = tuple(round_repeats(s.repeats, depth_mult) for s in stages)
+  channels = (stages[0].in_features, *(s.out_features for s in stages), last_features)
+  return repeats, tuple(round_filters(c, width_mult) for c in channels)
 
 
 def _variant_key(variant: str) -> str:
@@ -284,7 +322,12 @@ class EfficientNet(nn.Module):
 def efficientnet(
   width_mult: float = 1.0, depth_mult: float = 1.0, dropout: float = 0.2, **kwargs: Any
 ) -> EfficientNet:
-  """B0 scaled by any width and depth multipliers (compound-scaling sweeps); kwargs set fields."""
+  """B0 scaled by any width and depth multipliers; kwargs set fields.
+
+  Registered as 'efficientnet_scaled': the path of compound-scaling sweeps (cnn_jax/scaling.py,
+  configs/efficientnet_sweep.py), where the resolution is config.image_size. The named B0-B7 come
+  from `EFFICIENTNET_PARAMS` instead (`efficientnet_variant`).
+  """
   return EfficientNet(width_mult=width_mult, depth_mult=depth_mult, dropout=dropout, **kwargs)
 
 
