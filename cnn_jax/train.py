@@ -6,7 +6,6 @@ and eval sums; everything else here is shared.
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
@@ -25,7 +24,7 @@ from jax import lax
 
 from cnn_jax import data as data_lib
 from cnn_jax import models, optim, parallel, tasks
-from cnn_jax.checkpoint import Checkpointer
+from cnn_jax.checkpoint import Checkpointer, tree_sha256
 from cnn_jax.errors import UserError
 from cnn_jax.logs import MetricWriter
 from cnn_jax.parallel import AXIS
@@ -53,12 +52,18 @@ def train_step(
   tx: optax.GradientTransformation,
   task: tasks.Task,
   teacher_model: flax.linen.Module | None = None,
+  skip_nonfinite: bool = False,
 ) -> tuple[TrainState, Metrics]:
   """One SGD step on this device's share of the batch; gradients averaged over AXIS.
 
   With a `teacher_model` (distillation), its logits on the same augmented images join the batch
   as 'teacher_logits' for the task's loss: the teacher runs in eval mode (running BatchNorm
   statistics, no dropout), outside the differentiated function, and is never updated.
+
+  `skip_nonfinite` (config.skip_nonfinite_steps > 0): a step whose metrics, gradients or new
+  parameters, optimizer state or BatchNorm statistics hold a NaN or Inf changes nothing but the
+  step counter (so the next step reads the next batch); metrics['skipped'] is 1 for it. Skipped
+  steps do not advance optax's own count either, so a schedule runs that many steps behind.
   """
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
   if teacher_model is not None:
@@ -86,17 +91,25 @@ def train_step(
   grads = lax.pmean(grads, AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {
-    'loss': lax.pmean(loss, AXIS),
-    **task.train_metrics(logits, batch),
-    'grad_norm': optax.tree.norm(grads),
-  }
+  loss = lax.pmean(loss, AXIS)
+  metrics = {'loss': loss, **task.train_metrics(logits, batch), 'grad_norm': optax.tree.norm(grads)}
   # BatchNorm statistics are already the same on every device: the norm layers average their
   # batch moments over AXIS (norm_axis_name).
-  new_state = state.replace(
-    step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
-  )
-  return new_state, metrics
+  new = {'params': params, 'batch_stats': batch_stats, 'opt_state': opt_state}
+  # Non-finite when an update overflowed the parameters even though the loss and gradients that
+  # made it were finite (or when the norm itself overflows float32: above about 1.8e19).
+  metrics['param_norm'] = optax.tree.norm(params)
+  if skip_nonfinite:
+    finite = jnp.array(True)
+    for x in jax.tree.leaves((metrics, grads, new)):
+      if jnp.issubdtype(x.dtype, jnp.inexact):
+        finite &= jnp.all(jnp.isfinite(x))
+    # Every replica holds the same values, but the decision must be one: the minimum over AXIS.
+    finite = lax.pmin(finite.astype(jnp.int32), AXIS) > 0
+    old = {'params': state.params, 'batch_stats': state.batch_stats, 'opt_state': state.opt_state}
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
+  return state.replace(step=state.step + 1, **new), metrics
 
 
 def eval_step(
@@ -111,12 +124,7 @@ def eval_step(
 
 def fingerprint(params: PyTree, batch_stats: PyTree) -> str:
   """SHA-256 of every parameter and BatchNorm statistic, with its name, in a fixed order."""
-  h = hashlib.sha256()
-  tree = {'params': params, 'batch_stats': batch_stats}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    h.update(jax.tree_util.keystr(path).encode())
-    h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-  return h.hexdigest()
+  return tree_sha256({'params': params, 'batch_stats': batch_stats})
 
 
 @dataclasses.dataclass
@@ -192,6 +200,11 @@ def build(
   `devices`: the devices to run on (default: all devices of all hosts).
   """
   models.create(config.model.name)  # an unknown name fails here, before any data is read
+  if config.get('skip_nonfinite_steps', 0) < 0:
+    raise UserError(
+      f'config.skip_nonfinite_steps={config.skip_nonfinite_steps}; use 0 (stop at the first '
+      'NaN or Inf) or N > 0 (skip up to N such steps)'
+    )
   runner = parallel.create_runner(config.parallel, devices)
   parallel.check_batch_size('config.batch_size', config.batch_size, runner.num_devices)
   parallel.check_batch_size('config.eval_batch_size', config.eval_batch_size, runner.num_devices)
@@ -331,13 +344,105 @@ def _build_teacher(
   return texp
 
 
+# A workdir keeps the config it was trained with (CONFIG_FILE, written when training starts). On
+# resume and eval the config is compared with it before anything compiles:
+# - these fields define what the checkpoint holds: a difference is an error;
+MODEL_FIELDS = ('model', 'dataset', 'image_size', 'image_channels', 'optimizer.name')
+# - these may change freely: how long the run goes, how often it logs, evaluates and saves, where
+#   its data and teacher live, how it runs in parallel, what it does with NaNs;
+RESUMABLE_FIELDS = (
+  'num_train_steps',
+  'num_epochs',
+  'log_every_steps',
+  'eval_every_steps',
+  'checkpoint_every_steps',
+  'keep_checkpoints',
+  'data_dir',
+  'eval_batch_size',
+  'parallel',
+  'skip_nonfinite_steps',
+  'distill.teacher_workdir',
+  'distill.train_teacher',
+  'noisy_student.pseudo_labels',
+)
+# - any other difference (optimizer.lr, batch_size, seed ...) is allowed with a warning: the run
+#   goes on, but it is no longer the run it started as.
+CONFIG_FILE = 'config.json'
+
+
+def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def _in(name: str, fields: tuple[str, ...]) -> bool:
+  return any(name == f or name.startswith(f + '.') for f in fields)
+
+
+def config_changes(exp: Experiment) -> tuple[list[str], list[str]]:
+  """(model-defining, other) differences 'field: trained -> now' between exp.config and the
+  config exp.workdir was trained with; ([], []) when the workdir has none."""
+  path = os.path.join(exp.workdir, CONFIG_FILE)
+  try:
+    with open(path) as f:
+      then = _flatten(json.load(f))
+  except FileNotFoundError:
+    return [], []
+  except (OSError, ValueError) as e:
+    logging.warning('Cannot read %s (%s); the config is not compared with it.', path, e)
+    return [], []
+  now = _flatten(json.loads(exp.config.to_json_best_effort()))
+  for flat in (then, now):  # -1 means "the dataset's": compare what it resolves to
+    if isinstance(flat.get('model.num_classes'), int) and flat['model.num_classes'] <= 0:
+      flat['model.num_classes'] = exp.num_classes
+  blocking, other = [], []
+  for name in sorted(set(then) | set(now)):
+    if _in(name, RESUMABLE_FIELDS) or then.get(name) == now.get(name):
+      continue
+    missing = name not in then or name not in now  # a field added or removed since: a warning
+    a, b = (repr(d[name]) if name in d else 'absent' for d in (then, now))
+    (other if missing or not _in(name, MODEL_FIELDS) else blocking).append(f'{name}: {a} -> {b}')
+  return blocking, other
+
+
+def _listed(items: list[str], limit: int = 6) -> str:
+  more = f' and {len(items) - limit} more' if len(items) > limit else ''
+  return ', '.join(items[:limit]) + more
+
+
+def restore_checkpoint(exp: Experiment, ckpt: Checkpointer, step: int) -> TrainState:
+  """The checkpoint of `step` as a host TrainState, once exp.config has been compared with the
+  config the workdir was trained with (before anything compiles)."""
+  blocking, other = config_changes(exp)
+  if blocking:
+    raise UserError(
+      f'the checkpoint {ckpt.step_dir(step)} does not fit this model and optimizer: it was '
+      f'trained with another config (trained -> now: {_listed(blocking)}); set those fields '
+      f'back (its config is in {os.path.join(exp.workdir, CONFIG_FILE)}) or use another --workdir'
+    )
+  explain = ''
+  if other:
+    explain = f'config changes since: {_listed(other)}'
+    logging.warning('%s: restoring with %s.', exp.workdir, explain)
+  return ckpt.restore(initial_state(exp), step, explain=explain)
+
+
 def restore_variables(exp: Experiment) -> dict[str, PyTree]:
   """{'params', 'batch_stats'} of the latest checkpoint in exp.workdir (host arrays)."""
   ckpt = Checkpointer(os.path.join(exp.workdir, 'checkpoints'), keep=exp.config.keep_checkpoints)
-  if ckpt.latest_step() is None:
-    raise UserError(f'no checkpoint in {exp.workdir}/checkpoints; train that run first')
-  state = ckpt.restore(initial_state(exp))
-  ckpt.close()
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise UserError(f'no checkpoint in {exp.workdir}/checkpoints; train that run first')
+    state = restore_checkpoint(exp, ckpt, step)
+  finally:
+    ckpt.close()
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
@@ -406,16 +511,66 @@ class _Preemption:
 
 
 class NonFiniteError(UserError):
-  """The loss or gradients became NaN or Inf."""
+  """The loss, gradients or parameters became NaN or Inf (or too many steps were skipped)."""
 
 
-def _check_finite(step: int, metrics: dict[str, float]) -> None:
-  bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-  if bad:
-    raise NonFiniteError(
-      f'non-finite {", ".join(bad)} at step {step}; the last checkpoint is kept intact. '
-      'Lower optimizer.lr or check the input data.'
-    )
+class _NumericsGuard:
+  """Checks the per-step metrics on the host before they are logged and before every save.
+
+  limit = config.skip_nonfinite_steps. 0: the first non-finite metric stops the run. N > 0: the
+  step already skipped such updates on the device (metrics['skipped']); this counts them, over
+  restarts too (the count travels with the checkpoint), and stops the run at the N+1st.
+  """
+
+  def __init__(self, limit: int, skipped: int = 0, last_saved: int | None = None):
+    self.limit = limit
+    self.skipped = skipped
+    self.last_saved = last_saved  # the step of the newest checkpoint, for the error message
+    self._checked_through = 0
+
+  def check(self, first_step: int, rows: list[dict[str, float]], now: int) -> None:
+    """rows[i]: the metrics of step first_step + i; `now`: the step being checked at."""
+    first_bad: dict[str, int] = {}
+    for i, row in enumerate(rows):
+      step = first_step + i
+      if step <= self._checked_through:
+        continue  # seen at a checkpoint step already
+      self._checked_through = step
+      if row.get('skipped'):
+        self.skipped += 1
+        if self.skipped > self.limit:
+          raise NonFiniteError(
+            f'{self.skipped} steps with a non-finite loss, gradient or update were skipped, the '
+            f'last at step {step}: more than config.skip_nonfinite_steps={self.limit}. '
+            f'{self._kept()} Lower optimizer.lr or check the input data.'
+          )
+        continue
+      for name, value in row.items():
+        if name not in first_bad and not math.isfinite(value):
+          first_bad[name] = step
+    if first_bad:
+      by_step: dict[int, list[str]] = {}
+      for name, step in first_bad.items():
+        by_step.setdefault(step, []).append(name)
+      found = '; '.join(f'{", ".join(names)} from step {s}' for s, names in sorted(by_step.items()))
+      raise NonFiniteError(
+        f'non-finite {found} (checked at step {now}). {self._kept()} Lower optimizer.lr, '
+        'check the input data, or set config.skip_nonfinite_steps=N to skip up to N such steps.'
+      )
+
+  def _kept(self) -> str:
+    if self.last_saved is None:
+      return 'No checkpoint was written: a rerun starts over.'
+    return f'Nothing after step {self.last_saved} was saved: a rerun resumes from its checkpoint.'
+
+  def summarize(self, rows: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each metric over the steps that were not skipped, and the skip count."""
+    kept = [r for r in rows if not r.get('skipped')]
+    means = {k: float(np.mean([r[k] for r in kept])) for k in (kept[0] if kept else {})}
+    means.pop('skipped', None)
+    if self.limit:
+      means['skipped_steps'] = self.skipped
+    return means
 
 
 def _write_overlays(exp: Experiment, state: TrainState, path: str, count: int = 8) -> None:
@@ -457,10 +612,7 @@ def train_and_evaluate(
 
   Returns the summary, or None when stopped by SIGTERM (after saving a checkpoint).
   """
-  from tqdm import tqdm
-
   exp = build(config, workdir, devices)
-  primary = jax.process_index() == 0
   start_time = time.time()
   consts, teacher_summary = (), {}
   if exp.teacher is not None:
@@ -477,16 +629,38 @@ def train_and_evaluate(
     # student's checkpoints.
     consts = (exp.runner.put_state(restore_variables(texp)),)
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
-  state = initial_state(exp)
+  try:
+    return _train(exp, ckpt, consts, teacher_summary, start_time)
+  finally:
+    ckpt.close()  # a save in flight completes, also when the run stops with an error
+
+
+def _train(
+  exp: Experiment,
+  ckpt: Checkpointer,
+  consts: tuple[PyTree, ...],
+  teacher_summary: dict[str, Any],
+  start_time: float,
+) -> dict[str, Any] | None:
+  """train_and_evaluate's loop, from the latest checkpoint in `ckpt` (or a fresh state) on."""
+  from tqdm import tqdm
+
+  config, workdir, runner = exp.config, exp.workdir, exp.runner
+  primary = jax.process_index() == 0
   start_step = ckpt.latest_step() or 0
   if start_step:
-    state = ckpt.restore(state)
+    state = restore_checkpoint(exp, ckpt, start_step)
     logging.info('Resuming from the checkpoint of step %d.', start_step)
+  else:
+    state = initial_state(exp)
   if primary:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    _write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2))
+  guard = _NumericsGuard(
+    config.get('skip_nonfinite_steps', 0),
+    skipped=ckpt.extra(start_step).get('skipped_steps', 0) if start_step else 0,
+    last_saved=start_step or None,
+  )
   writer = MetricWriter(workdir, enabled=primary, resume_step=start_step)
-  runner = exp.runner
   state = runner.put_state(state)
   step_fn = runner.compile(
     functools.partial(
@@ -495,6 +669,7 @@ def train_and_evaluate(
       tx=exp.tx,
       task=exp.task,
       teacher_model=exp.teacher.model if exp.teacher is not None else None,
+      skip_nonfinite=guard.limit > 0,
     ),
     num_consts=len(consts),
   )
@@ -509,11 +684,18 @@ def train_and_evaluate(
     config.batch_size,
     runner.num_devices,
   )
+
+  def save(step: int) -> None:
+    # Only a state whose metrics, up to this step, were all found finite is ever saved.
+    guard.check(last_log + 1, runner.get_output(history), step)
+    ckpt.save(step, runner.get_state(state), extra={'skipped_steps': guard.skipped})
+    guard.last_saved = step
+
   history, last_log, log_time = [], start_step, time.time()
   bar = tqdm(
     total=exp.num_steps, initial=start_step, unit='step', disable=not primary, dynamic_ncols=True
   )
-  with _Preemption() as preemption:
+  with bar, _Preemption() as preemption:  # the bar closes before an error is printed
     for step in range(start_step + 1, exp.num_steps + 1):
       state, metrics = step_fn(state, runner.put_batch(next(batches)), *consts)
       # Wait for the previous step, not this one: the device always has the next step queued,
@@ -522,29 +704,36 @@ def train_and_evaluate(
         jax.block_until_ready(history[-1])
         bar.update(1)
       history.append(metrics)
-      if step % config.log_every_steps == 0 or step == exp.num_steps:
+      logging_now = step % config.log_every_steps == 0 or step == exp.num_steps
+      evaluating = config.eval_every_steps > 0 and step % config.eval_every_steps == 0
+      saving = step % config.checkpoint_every_steps == 0 or step == exp.num_steps
+      if logging_now or evaluating:
+        # Nothing non-finite is logged, evaluated or (in save) saved: the steps since the last
+        # log are checked first.
+        rows = runner.get_output(history)
+        guard.check(last_log + 1, rows, step)
+      if logging_now:
         bar.update(1)
-        summed = jax.tree.map(lambda *xs: float(np.mean(xs)), *runner.get_output(history))
-        _check_finite(step, summed)
+        summed = guard.summarize(rows)
         now = time.time()
         summed['images_per_sec'] = (step - last_log) * config.batch_size / (now - log_time)
         summed['lr'] = float(exp.schedule(step - 1))
         writer.write(step, 'train', summed)
-        bar.set_postfix(loss=f'{summed["loss"]:.3f}', img_s=f'{summed["images_per_sec"]:.0f}')
+        bar.set_postfix(
+          loss=f'{summed.get("loss", math.nan):.3f}', img_s=f'{summed["images_per_sec"]:.0f}'
+        )
         history, last_log, log_time = [], step, now
-      if config.eval_every_steps > 0 and step % config.eval_every_steps == 0:
+      if evaluating:
         writer.write(step, 'test', evaluate(exp, state, eval_fn))
-      if step % config.checkpoint_every_steps == 0 or step == exp.num_steps:
-        ckpt.save(step, runner.get_state(state))
+      if saving:
+        save(step)
       # Agreeing across hosts costs a collective: only at logging steps when multi-host.
       if (jax.process_count() == 1 or step % config.log_every_steps == 0) and preemption.agreed():
-        if step % config.checkpoint_every_steps:
-          ckpt.save(step, runner.get_state(state))
+        if not saving:
+          save(step)
         ckpt.close()
-        bar.close()
         logging.warning('SIGTERM: saved step %d; rerun the same command to resume.', step)
         return None
-  bar.close()
   host_state = jax.device_get(runner.get_state(state))
   final = evaluate(exp, state, eval_fn)
   if primary and isinstance(exp.task, tasks.Segmentation):
@@ -564,21 +753,32 @@ def train_and_evaluate(
     'processes': jax.process_count(),
     'params_sha256': fingerprint(host_state.params, host_state.batch_stats),
   }
+  if guard.limit:
+    summary['skipped_steps'] = guard.skipped
   if primary:
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)
   return summary
 
 
+def _write_atomically(path: str, text: str) -> None:
+  """A reader (a rerun after kill -9) sees the old file or the new one, never half of one."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def restore_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Evaluates the latest checkpoint in workdir."""
   exp = build(config, workdir)
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
-  step = ckpt.latest_step()
-  if step is None:
-    raise UserError(f'no checkpoint in {workdir}/checkpoints; train first (--mode=train)')
-  state = exp.runner.put_state(ckpt.restore(initial_state(exp)))
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise UserError(f'no checkpoint in {workdir}/checkpoints; train first (--mode=train)')
+    state = exp.runner.put_state(restore_checkpoint(exp, ckpt, step))
+  finally:
+    ckpt.close()
   eval_fn = exp.runner.compile_eval(functools.partial(eval_step, model=exp.model, task=exp.task))
-  result = {'step': step, **evaluate(exp, state, eval_fn)}
-  ckpt.close()
-  return result
+  return {'step': step, **evaluate(exp, state, eval_fn)}

@@ -49,6 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every_steps = -1  # <= 0: evaluate at the end only
   config.checkpoint_every_steps = 100
   config.keep_checkpoints = 2
+  # A NaN or Inf in the loss, gradients or update: 0 stops the run (naming the step and metric;
+  # nothing non-finite is saved). N > 0 skips such steps instead (state unchanged, counted in the
+  # logs as skipped_steps) and stops at the N+1st.
+  config.skip_nonfinite_steps = 0
   config.seed = 0
   config.half_precision = False  # bfloat16 compute, float32 parameters (for GPU/TPU)
   config.parallel = 'shard_map'  # 'shard_map' (jit over a device mesh) | 'pmap'
