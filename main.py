@@ -12,6 +12,7 @@ step tables them all (cnn_jax/sweep.py). --mode=gather tables what has finished 
 The logic lives in the cnn_jax package; this file only reads flags.
 """
 
+import importlib.util
 import os
 import sys
 
@@ -36,6 +37,52 @@ flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
 flags.DEFINE_bool('distributed', False, 'Multi-host with the cluster detected by JAX (TPU, SLURM).')
 flags.mark_flags_as_required(['config'])
+
+
+def _config_typo(argv: list[str]) -> str | None:
+  """The first --config.a.b=... override naming no field of the loaded config, with the closest
+  names at the level where it goes wrong; None when every override names a field."""
+  import ml_collections
+
+  from cnn_jax.errors import close_matches
+
+  # The config as loaded before any override (absl had not stored it when the override failed).
+  spec = next(a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config='))
+  path, _, arg = spec.partition(':')
+  loader = importlib.util.spec_from_file_location('_config_for_typo', path)
+  module = importlib.util.module_from_spec(loader)
+  loader.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  for arg in argv[1:]:
+    if not arg.startswith('--config.'):
+      continue
+    path = arg[len('--config.') :].split('=', 1)[0]
+    node, done = config, []
+    for part in path.split('.'):
+      if not isinstance(node, ml_collections.ConfigDict):
+        return f'--config.{path}: config.{".".join(done)} is a value, not a section of fields'
+      if part not in node:
+        where = f'config.{".".join(done)}' if done else 'the config'
+        hint = close_matches(part, node.keys())
+        hint = f'did you mean: {hint}' if hint else f'its fields: {", ".join(node.keys())}'
+        return f"--config.{path}: {where} has no field '{part}'; {hint}"
+      node, done = node[part], [*done, part]
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, but a mistyped --config.field is one line and exit 2, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except (KeyError, AttributeError):  # what ml_collections raises for an unknown field
+    try:
+      message = _config_typo(argv)
+    except Exception:  # the config itself did not load: let the original error speak
+      message = None
+    if message is None:
+      raise
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
@@ -63,4 +110,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

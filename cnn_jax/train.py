@@ -150,16 +150,28 @@ class Experiment:
 
 
 def _check_workdir(workdir: str) -> None:
+  """Fails if `workdir` could not be made or written; creates nothing (build does, once every
+  other check has passed, so a run that cannot start leaves no folder behind)."""
   if not workdir:
     raise UserError('--workdir is required: the folder for checkpoints, logs and summary.json')
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f'--workdir={workdir} is a file, not a folder; pass a folder path')
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):  # the nearest existing folder above it is where it goes
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise UserError(
+      f'--workdir={workdir} cannot be created: {existing} is a file; pass a folder path'
+    )
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise UserError(f'--workdir={workdir} is not writable ({existing}); pick another folder')
+
+
+def _create_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise UserError(f'--workdir={workdir} cannot be created ({e.strerror}); pick another') from e
-  if not os.access(workdir, os.W_OK):
-    raise UserError(f'--workdir={workdir} is not writable; pick another folder')
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> flax.linen.Module:
@@ -217,7 +229,7 @@ def build(
     )
     if self_training.pseudo_labels:
       pseudo = _load_pseudo_labels(self_training.pseudo_labels, len(pool), data.num_classes)
-  _check_workdir(workdir)  # created only once the config and data are known to be good
+  _check_workdir(workdir)
   num_classes = config.model.num_classes
   if num_classes <= 0:
     num_classes = data.num_classes
@@ -244,6 +256,7 @@ def build(
   schedule = optim.create_schedule(config.optimizer, num_steps, steps_per_epoch)
   tx = optim.create_optimizer(config.optimizer, schedule)
   teacher = _build_teacher(config, workdir, num_classes, devices) if 'distill' in config else None
+  _create_workdir(workdir)  # only once the config, data and teacher are known to be good
   return Experiment(
     config,
     workdir,
@@ -330,16 +343,26 @@ def _build_teacher(
     )
   if 'distill' in tconfig:
     raise UserError('config.teacher has a distill section of its own; chains are not supported')
-  texp = build(tconfig, teacher_workdir(config, workdir), devices)
+  twork = teacher_workdir(config, workdir)
+  # A teacher_workdir given in the config is a workdir of its own, like --workdir: the teacher is
+  # trained there (train_teacher) or read from there, and may lie outside the student's workdir
+  # (one teacher shared by several students, experiments/recipes_table.py). It must not be the
+  # student's own folder: their checkpoints would overwrite each other.
+  if os.path.realpath(twork) == os.path.realpath(workdir):
+    raise UserError(
+      f"config.distill.teacher_workdir={twork} is the student's --workdir; give the teacher a "
+      "folder of its own (or '' for <workdir>/teacher)"
+    )
+  if not config.distill.train_teacher and Checkpointer.find_latest(twork) is None:
+    raise UserError(
+      f'no teacher checkpoint in {twork}/checkpoints; train it there first, point '
+      '--config.distill.teacher_workdir at one, or set --config.distill.train_teacher=True'
+    )
+  texp = build(tconfig, twork, devices)
   if texp.num_classes != num_classes:
     raise UserError(
       f'the teacher has {texp.num_classes} classes and the student {num_classes}; '
       'set config.teacher.model.num_classes=-1'
-    )
-  if not config.distill.train_teacher and Checkpointer.find_latest(texp.workdir) is None:
-    raise UserError(
-      f'no teacher checkpoint in {texp.workdir}/checkpoints; train it there first, point '
-      '--config.distill.teacher_workdir at one, or set --config.distill.train_teacher=True'
     )
   return texp
 

@@ -23,6 +23,7 @@ permutations, from (seed, epoch, 2), and augmentation seeds folded from (seed, p
 
 import functools
 import numbers
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -353,6 +354,53 @@ def _preprocess_fn(
   )
 
 
+def _corrupt_image(source: Source, indices: np.ndarray, stored_channels: int, label_key: str):
+  """(index in the split, file name, reason) of the first of source's `indices` whose image (or
+  label map) does not decode, or None. Decodes on the host one by one: only after a failure."""
+  for index, record in zip(indices.tolist(), source.__getitems__(indices.tolist()), strict=True):
+    base = source
+    while isinstance(base, Subset):  # the index in the split itself, not in a part of it
+      index, base = int(base.indices[index]), base.source
+    try:
+      tf.io.decode_image(record['image'], channels=stored_channels, expand_animations=False)
+      if label_key != 'label':
+        tf.io.decode_png(record[label_key], channels=1)
+    except tf.errors.OpError as e:
+      name = record.get('image/filename', b'')
+      name = name.decode() if isinstance(name, bytes) else str(name)
+      reason = re.sub(r'\{\{.*?\}\}\s*', '', e.message)  # TF's '{{function_node ...}}' noise
+      return index, name, (reason.splitlines() or [type(e).__name__])[0][:120]
+  return None
+
+
+def _name_corrupt_images(
+  batches: Iterator[Batch],
+  data: Dataset,
+  source: Source,
+  split: str,
+  indices_of_step: Callable[[int], np.ndarray],
+  steps: range,
+) -> Iterator[Batch]:
+  """`batches` (one per step of `steps`), with an image that does not decode reported as a
+  UserError naming the example (its index in `split`, and its file for an image folder)."""
+  for step in steps:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except tf.errors.InvalidArgumentError:
+      found = _corrupt_image(source, indices_of_step(step), data.channels, _label_key(data))
+      if found is None:
+        raise  # not a decoding problem: a bug, with its traceback
+      index, name, reason = found
+      where = f' ({name})' if name else ''
+      raise UserError(
+        f"dataset '{data.name}': example {index} of the {split} split{where} is not a readable "
+        f'image ({reason}); replace or remove it and prepare the dataset again'
+      ) from None
+    yield batch
+
+
 def train_iterator(
   data: Dataset,
   *,
@@ -387,7 +435,12 @@ def train_iterator(
   pre = _preprocess_fn(
     data, image_size=image_size, channels=channels, train=True, randaugment=randaugment
   )
-  return _to_tf(gen, len(mine), pre, seed, data.spec.segmentation).as_numpy_iterator()
+  batches = _to_tf(gen, len(mine), pre, seed, data.spec.segmentation).as_numpy_iterator()
+  index = _TrainIndex(seed, n)
+  steps = range(start_step, num_steps)
+  return _name_corrupt_images(
+    batches, data, data.train, 'train', lambda s: index(s * global_batch + mine), steps
+  )
 
 
 def eval_steps(data: Dataset, global_batch: int, source: Source | None = None) -> int:
@@ -424,7 +477,11 @@ def eval_iterator(
     _label_key(data),
   )
   pre = _preprocess_fn(data, image_size=image_size, channels=channels, train=False)
-  return _to_tf(gen, len(mine), pre, 0, data.spec.segmentation).as_numpy_iterator()
+  batches = _to_tf(gen, len(mine), pre, 0, data.spec.segmentation).as_numpy_iterator()
+  steps = range(eval_steps(data, global_batch, source))
+  split = 'eval' if source is data.eval else 'train'  # the pool: a part of the train split
+  indices = lambda s: np.minimum(s * global_batch + mine, n - 1)  # noqa: E731 (padding: n - 1)
+  return _name_corrupt_images(batches, data, source, split, indices, steps)
 
 
 def pool_iterator(
