@@ -63,3 +63,25 @@ def metric_rows(workdir: str) -> list[dict]:
       except json.JSONDecodeError:  # a line being written right now
         pass
     return rows
+
+
+def tiny_config(data_dir: str, **overrides):
+  """configs/resnet.py shrunk for tests: resnet_tiny at 16x16, batch 32, eval batch 64.
+
+  `overrides` set fields by dotted name: tiny_config(d, **{'optimizer.lr': 0.5}, num_train_steps=4).
+  """
+  from configs import resnet
+
+  config = resnet.get_config()
+  config.model.name = 'resnet_tiny'
+  config.data_dir = data_dir
+  config.image_size = 16
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  for key, value in overrides.items():
+    parent = config
+    *path, last = key.split('.')
+    for part in path:
+      parent = parent[part]
+    parent[last] = value
+  return config

@@ -3,6 +3,7 @@ nothing written into the workdir. In process through cli.run (what main.py calls
 runs of main.py itself for the exit code and the one-line stderr."""
 
 import copy
+import functools
 import os
 
 import helpers
@@ -11,24 +12,13 @@ import pytest
 
 from cnn_jax import cli, data, train
 from cnn_jax.errors import UserError
-from configs import distill, lenet5, resnet
+from configs import distill, lenet5
 
-
-def _tiny(data_dir, **overrides):
-  config = resnet.get_config()
-  config.model.name = 'resnet_tiny'
-  config.data_dir = data_dir
-  config.image_size = 16
-  config.batch_size = 32
-  config.eval_batch_size = 64
-  config.num_train_steps = 2
-  for key, value in overrides.items():
-    parent = config
-    *path, last = key.split('.')
-    for part in path:
-      parent = parent[part]
-    parent[last] = value
-  return config
+# Keyword defaults of helpers.tiny_config; a call's own keywords win.
+_tiny = functools.partial(
+  helpers.tiny_config,
+  num_train_steps=2,
+)
 
 
 def _distill(data_dir, **overrides):

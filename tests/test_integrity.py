@@ -3,6 +3,7 @@
 One tiny run (resnet_tiny, 16x16 digits, 4 devices) is trained once; each test damages a copy.
 """
 
+import functools
 import logging
 import os
 import shutil
@@ -20,24 +21,16 @@ import pytest
 from cnn_jax import train
 from cnn_jax.checkpoint import Checkpointer, tree_sha256
 from cnn_jax.errors import UserError
-from configs import resnet
 
-
-def _tiny(data_dir, **overrides):
-  config = resnet.get_config()
-  config.model.name = 'resnet_tiny'
-  config.data_dir = data_dir
-  config.image_size = 16
-  config.batch_size = 32
-  config.eval_batch_size = 64
-  config.num_train_steps = 4
-  config.log_every_steps = 2
-  config.eval_every_steps = -1
-  config.checkpoint_every_steps = 2
-  config.keep_checkpoints = 3
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+# Keyword defaults of helpers.tiny_config; a call's own keywords win.
+_tiny = functools.partial(
+  helpers.tiny_config,
+  num_train_steps=4,
+  log_every_steps=2,
+  eval_every_steps=-1,
+  checkpoint_every_steps=2,
+  keep_checkpoints=3,
+)
 
 
 @pytest.fixture(scope='module')

@@ -9,6 +9,7 @@ import json
 import os
 
 import flax.linen as nn
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,24 +20,16 @@ from cnn_jax import parallel, tasks, train
 from cnn_jax.checkpoint import Checkpointer
 from cnn_jax.errors import UserError
 from cnn_jax.parallel import AXIS
-from configs import resnet
 
-
-def _tiny(data_dir, **overrides):
-  config = resnet.get_config()
-  config.model.name = 'resnet_tiny'
-  config.data_dir = data_dir
-  config.image_size = 16
-  config.batch_size = 32
-  config.eval_batch_size = 64
-  config.num_train_steps = 8
-  config.log_every_steps = 4
-  config.eval_every_steps = -1
-  config.checkpoint_every_steps = 2  # steps 2 and 6 are saved without being logged
-  config.keep_checkpoints = 3
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+# Keyword defaults of helpers.tiny_config; a call's own keywords win.
+_tiny = functools.partial(
+  helpers.tiny_config,
+  num_train_steps=8,
+  log_every_steps=4,
+  eval_every_steps=-1,
+  checkpoint_every_steps=2,  # steps 2 and 6 are saved without being logged
+  keep_checkpoints=3,
+)
 
 
 def _poison(monkeypatch, steps):

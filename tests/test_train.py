@@ -1,29 +1,24 @@
 """The trainer end to end, in process: tiny model, few steps, real code paths."""
 
+import functools
 import json
 import os
 
+import helpers
 import pytest
 
 from cnn_jax import optim, train
 from cnn_jax.errors import UserError
 from configs import lenet5, resnet
 
-
-def _tiny(data_dir, **overrides):
-  config = resnet.get_config()
-  config.model.name = 'resnet_tiny'
-  config.data_dir = data_dir
-  config.image_size = 16
-  config.batch_size = 32
-  config.eval_batch_size = 64
-  config.num_train_steps = 6
-  config.log_every_steps = 2
-  config.eval_every_steps = 3
-  config.checkpoint_every_steps = 3
-  for k, v in overrides.items():
-    config[k] = v
-  return config
+# Keyword defaults of helpers.tiny_config; a call's own keywords win.
+_tiny = functools.partial(
+  helpers.tiny_config,
+  num_train_steps=6,
+  log_every_steps=2,
+  eval_every_steps=3,
+  checkpoint_every_steps=3,
+)
 
 
 def test_train_then_eval(tmp_path, data_dir):
