@@ -54,15 +54,9 @@ def _initialize_distributed(
 
 def summary(config: ml_collections.ConfigDict) -> str:
   """The per-layer table of config's model at config's input size."""
-  from cnn_jax import data, summary, train
+  from cnn_jax import summary, train
 
-  num_classes = config.model.num_classes
-  if num_classes <= 0:
-    spec = data.DATASETS.get(config.dataset)
-    num_classes = spec.num_classes if spec else data.load(config.dataset).num_classes
-  model = train.create_model(config, num_classes)
-  train.check_input_size(model, config)
-  return summary.format_table(summary.summarize(model, train.input_shape(config)))
+  return summary.format_table(train.model_summary(config))
 
 
 def run(

@@ -261,17 +261,11 @@ def model_costs(config: ml_collections.ConfigDict) -> tuple[int, int]:
   Traced with jax.eval_shape (cnn_jax.summary): no compute; a model that cannot take the input
   size is a UserError. Cached by model fields and input shape.
   """
-  from cnn_jax import data, summary, train
+  from cnn_jax import train
 
   key = json.dumps([config.model.to_dict(), train.input_shape(config), config.dataset], default=str)
   if key not in _COSTS:
-    num_classes = config.model.num_classes
-    if num_classes <= 0:
-      spec = data.DATASETS.get(config.dataset)
-      num_classes = spec.num_classes if spec else data.load(config.dataset).num_classes
-    model = train.create_model(config, num_classes)
-    train.check_input_size(model, config)
-    s = summary.summarize(model, train.input_shape(config))
+    s = train.model_summary(config)
     _COSTS[key] = (s.total_params, s.total_macs)
   return _COSTS[key]
 

@@ -187,6 +187,22 @@ def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   return (config.image_size, config.image_size, config.image_channels)
 
 
+def model_summary(config: ml_collections.ConfigDict):
+  """cnn_jax.summary's per-layer summary of config's model at config's input size (no compute).
+
+  num_classes <= 0 is taken from the dataset; a size the model cannot take is a UserError.
+  """
+  from cnn_jax import summary
+
+  num_classes = config.model.num_classes
+  if num_classes <= 0:
+    spec = data_lib.DATASETS.get(config.dataset)
+    num_classes = spec.num_classes if spec else data_lib.load(config.dataset).num_classes
+  model = create_model(config, num_classes)
+  check_input_size(model, config)
+  return summary.summarize(model, input_shape(config))
+
+
 def check_input_size(model: flax.linen.Module, config: ml_collections.ConfigDict) -> None:
   """Traces the model on the configured input shape (no compute) and explains a failure."""
   shape = input_shape(config)
