@@ -1,10 +1,19 @@
 """Metrics to TensorBoard event files and to `metrics.jsonl`, from the primary host only."""
 
 import json
+import math
 import os
 from typing import Any
 
 from flax.metrics import tensorboard
+
+
+def _step(line: str) -> float:
+  """The step of a metrics.jsonl line; infinity (dropped) for a line a kill cut short."""
+  try:
+    return json.loads(line)['step']
+  except (ValueError, KeyError, TypeError):
+    return math.inf
 
 
 class MetricWriter:
@@ -19,9 +28,11 @@ class MetricWriter:
     # drop them so the file reads as one uninterrupted run.
     if os.path.exists(self.path):
       with open(self.path) as f:
-        rows = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
-      with open(self.path, 'w') as f:
+        rows = [line for line in f if _step(line) <= resume_step]
+      tmp = f'{self.path}.tmp{os.getpid()}'
+      with open(tmp, 'w') as f:  # replaced in one rename: a kill now loses no row
         f.writelines(rows)
+      os.replace(tmp, self.path)
     self._tb = {
       split: tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard', split))
       for split in ('train', 'test')

@@ -23,7 +23,7 @@ from absl import logging
 from jax import lax
 
 from cnn_jax import data as data_lib
-from cnn_jax import models, optim, parallel, tasks
+from cnn_jax import faults, models, optim, parallel, tasks
 from cnn_jax.checkpoint import Checkpointer, tree_sha256
 from cnn_jax.errors import UserError
 from cnn_jax.logs import MetricWriter
@@ -237,6 +237,17 @@ def build(
   parallel.check_batch_size('config.batch_size', config.batch_size, runner.num_devices)
   parallel.check_batch_size('config.eval_batch_size', config.eval_batch_size, runner.num_devices)
   data = data_lib.load(config.dataset, config.data_dir or None)
+  if config.get('skip_corrupt_images', False):
+    data = data_lib.drop_corrupt_images(data)
+    for split, bad in data.skipped.items():
+      for index, name, reason in bad:
+        logging.warning(
+          'Leaving out example %d of the %s split%s: not a readable image (%s).',
+          index,
+          split,
+          f' ({name})' if name else '',
+          reason,
+        )
   self_training = config.get('noisy_student')
   pool = pseudo = None
   if self_training is not None:
@@ -652,6 +663,9 @@ def train_and_evaluate(
   Returns the summary, or None when stopped by SIGTERM (after saving a checkpoint).
   """
   exp = build(config, workdir, devices)
+  finished = _finished_summary(exp)
+  if finished is not None:
+    return finished
   start_time = time.time()
   consts, teacher_summary = (), {}
   if exp.teacher is not None:
@@ -672,6 +686,40 @@ def train_and_evaluate(
     return _train(exp, ckpt, consts, teacher_summary, start_time)
   finally:
     ckpt.close()  # a save in flight completes, also when the run stops with an error
+
+
+def _finished_summary(exp: Experiment) -> dict[str, Any] | None:
+  """The summary of a run in exp.workdir that already trained all exp.num_steps, else None.
+
+  A relaunch of a finished run trains nothing, evaluates nothing and rewrites nothing. A longer
+  run (num_train_steps raised) resumes instead; a changed model is the resume path's error.
+  """
+  path = os.path.join(exp.workdir, 'summary.json')
+  try:
+    with open(path) as f:
+      summary = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if summary.get('steps') != exp.num_steps or Checkpointer.find_latest(exp.workdir) != (
+    exp.num_steps
+  ):
+    return None
+  blocking, other = config_changes(exp)
+  if blocking:
+    return None  # restore_checkpoint names the fields
+  if other:
+    logging.warning(
+      'config changes since the run (not applied: it is finished): %s; use another --workdir '
+      'to train with them.',
+      _listed(other),
+    )
+  logging.info(
+    'The run in %s already finished its %d steps: nothing to train. Its summary is %s.',
+    exp.workdir,
+    exp.num_steps,
+    path,
+  )
+  return summary
 
 
 def _train(
@@ -729,6 +777,8 @@ def _train(
     guard.check(last_log + 1, runner.get_output(history), step)
     ckpt.save(step, runner.get_state(state), extra={'skipped_steps': guard.skipped})
     guard.last_saved = step
+    faults.reached('saving', step, ckpt.directory)
+    faults.reached('saved', step, ckpt.directory, before=ckpt.wait)
 
   history, last_log, log_time = [], start_step, time.time()
   bar = tqdm(
@@ -765,6 +815,7 @@ def _train(
       if evaluating:
         writer.write(step, 'test', evaluate(exp, state, eval_fn))
       if saving:
+        faults.reached('before_save', step)
         save(step)
       # Agreeing across hosts costs a collective: only at logging steps when multi-host.
       if (jax.process_count() == 1 or step % config.log_every_steps == 0) and preemption.agreed():
@@ -773,6 +824,7 @@ def _train(
         ckpt.close()
         logging.warning('SIGTERM: saved step %d; rerun the same command to resume.', step)
         return None
+      faults.reached('end', step)
   host_state = jax.device_get(runner.get_state(state))
   final = evaluate(exp, state, eval_fn)
   if primary and isinstance(exp.task, tasks.Segmentation):
@@ -794,6 +846,8 @@ def _train(
   }
   if guard.limit:
     summary['skipped_steps'] = guard.skipped
+  if config.get('skip_corrupt_images', False):
+    summary['skipped_corrupt_images'] = {k: len(v) for k, v in exp.data.skipped.items()}
   if primary:
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)

@@ -53,6 +53,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # nothing non-finite is saved). N > 0 skips such steps instead (state unchanged, counted in the
   # logs as skipped_steps) and stops at the N+1st.
   config.skip_nonfinite_steps = 0
+  # An image that does not decode: False stops the run naming the example and its file. True
+  # decodes every image once before training and leaves the unreadable ones out (each logged,
+  # counted in summary.json as skipped_corrupt_images); resume stays exact.
+  config.skip_corrupt_images = False
   config.seed = 0
   config.half_precision = False  # bfloat16 compute, float32 parameters (for GPU/TPU)
   config.parallel = 'shard_map'  # 'shard_map' (jit over a device mesh) | 'pmap'

@@ -21,27 +21,36 @@ TINY = [
 ]
 
 
-def env(data_dir: str, devices: int = 4) -> dict[str, str]:
+def env(data_dir: str, devices: int = 4, extra: dict[str, str] | None = None) -> dict[str, str]:
   e = dict(os.environ)
   e['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   e['TFDS_DATA_DIR'] = data_dir
   e['JAX_PLATFORMS'] = 'cpu'
-  return e
+  e.pop('CNN_JAX_FAULT', None)
+  return {**e, **(extra or {})}
 
 
-def start(args: list[str], data_dir: str, devices: int = 4) -> subprocess.Popen:
+def start(
+  args: list[str], data_dir: str, devices: int = 4, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
   return subprocess.Popen(
     [sys.executable, 'main.py', *args],
     cwd=ROOT,
-    env=env(data_dir, devices),
+    env=env(data_dir, devices, extra_env),
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,
   )
 
 
-def run(args: list[str], data_dir: str, devices: int = 4, timeout: float = 300):
-  proc = start(args, data_dir, devices)
+def run(
+  args: list[str],
+  data_dir: str,
+  devices: int = 4,
+  timeout: float = 300,
+  extra_env: dict[str, str] | None = None,
+):
+  proc = start(args, data_dir, devices, extra_env)
   out, err = proc.communicate(timeout=timeout)
   return proc.returncode, out, err
 

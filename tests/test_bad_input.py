@@ -215,7 +215,7 @@ def test_corrupt_image_is_named(tmp_path):
   assert '\n' not in message
   assert message.startswith(f"dataset 'folder:{tmp_path}': example 6 of the train split (")
   assert 'dog/2.png) is not a readable image (' in message
-  assert message.endswith('replace or remove it and prepare the dataset again')
+  assert message.endswith('set config.skip_corrupt_images=True to leave such images out (counted)')
   with pytest.raises(UserError, match=r'example 6 of the eval split \(\S+dog/2.png\)'):
     list(data.eval_iterator(ds, global_batch=4, image_size=16, channels=3))
 
@@ -226,3 +226,36 @@ def test_good_images_pass_the_corrupt_image_check(tmp_path):
 
   assert _corrupt_image(ds.train, np.arange(6), 3, 'label') is None
   assert _corrupt_image(ds.train, np.arange(8), 3, 'label')[0] == 6
+
+
+def test_skip_corrupt_images_leaves_them_out_and_counts_them(tmp_path):
+  ds = data.drop_corrupt_images(_folder_with_a_corrupt_image(tmp_path))
+  assert {k: [i for i, _, _ in v] for k, v in ds.skipped.items()} == {'train': [6], 'eval': [6]}
+  assert ds.skipped['train'][0][1].endswith('dog/2.png')
+  assert len(ds.train) == len(ds.eval) == 7
+  # Every batch decodes now, and a start at step 2 gives the batches an uninterrupted run has
+  # there (the same examples are left out at every start): resume stays exact.
+  stream = functools.partial(
+    data.train_iterator, ds, seed=0, global_batch=4, num_steps=4, image_size=16, channels=3
+  )
+  whole = list(stream(start_step=0))
+  resumed = list(stream(start_step=2))
+  assert len(whole) == 4
+  for a, b in zip(whole[2:], resumed, strict=True):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  assert len(list(data.eval_iterator(ds, global_batch=4, image_size=16, channels=3))) == 2
+
+
+def test_training_with_skip_corrupt_images_reports_the_count(tmp_path, data_dir):
+  _folder_with_a_corrupt_image(tmp_path / 'images')
+  config = _tiny(
+    data_dir,
+    dataset=f'folder:{tmp_path / "images"}',
+    skip_corrupt_images=True,
+    batch_size=4,
+    eval_batch_size=4,
+    log_every_steps=1,
+  )
+  summary = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert summary['skipped_corrupt_images'] == {'train': 1, 'eval': 1}

@@ -2,6 +2,7 @@
 
 from cnn_jax.data.datasets import DATASETS, Dataset, Source, Subset, labeled_split, load
 from cnn_jax.data.pipeline import (
+  drop_corrupt_images,
   eval_iterator,
   eval_steps,
   pool_iterator,
@@ -14,6 +15,7 @@ __all__ = [
   'Dataset',
   'Source',
   'Subset',
+  'drop_corrupt_images',
   'eval_iterator',
   'eval_steps',
   'labeled_split',

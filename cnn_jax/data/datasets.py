@@ -195,6 +195,9 @@ class Dataset:
   eval: Source
   num_classes: int  # segmentation: including background (digit_scenes: 11)
   channels: int  # of the stored images
+  # Examples left out as unreadable (pipeline.drop_corrupt_images): {split: [(index, file,
+  # reason), ...]}; empty unless config.skip_corrupt_images.
+  skipped: dict[str, list[tuple[int, str, str]]] = dataclasses.field(default_factory=dict)
 
 
 class _InMemorySource:

@@ -21,6 +21,7 @@ permutations, from (seed, epoch, 2), and augmentation seeds folded from (seed, p
 `pool_iterator` reads the unlabelled pool in order, clean, for the teacher.
 """
 
+import dataclasses
 import functools
 import numbers
 import re
@@ -354,6 +355,23 @@ def _preprocess_fn(
   )
 
 
+def _decode_error(record: dict[str, Any], stored_channels: int, label_key: str) -> str | None:
+  """Why `record`'s image (or label map) does not decode, in one short line; None if it does."""
+  try:
+    tf.io.decode_image(record['image'], channels=stored_channels, expand_animations=False)
+    if label_key != 'label':
+      tf.io.decode_png(record[label_key], channels=1)
+  except tf.errors.OpError as e:
+    reason = re.sub(r'\{\{.*?\}\}\s*', '', e.message)  # TF's '{{function_node ...}}' noise
+    return (reason.splitlines() or [type(e).__name__])[0][:120]
+  return None
+
+
+def _file_name(record: dict[str, Any]) -> str:
+  name = record.get('image/filename', b'')
+  return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def _corrupt_image(source: Source, indices: np.ndarray, stored_channels: int, label_key: str):
   """(index in the split, file name, reason) of the first of source's `indices` whose image (or
   label map) does not decode, or None. Decodes on the host one by one: only after a failure."""
@@ -361,16 +379,43 @@ def _corrupt_image(source: Source, indices: np.ndarray, stored_channels: int, la
     base = source
     while isinstance(base, Subset):  # the index in the split itself, not in a part of it
       index, base = int(base.indices[index]), base.source
-    try:
-      tf.io.decode_image(record['image'], channels=stored_channels, expand_animations=False)
-      if label_key != 'label':
-        tf.io.decode_png(record[label_key], channels=1)
-    except tf.errors.OpError as e:
-      name = record.get('image/filename', b'')
-      name = name.decode() if isinstance(name, bytes) else str(name)
-      reason = re.sub(r'\{\{.*?\}\}\s*', '', e.message)  # TF's '{{function_node ...}}' noise
-      return index, name, (reason.splitlines() or [type(e).__name__])[0][:120]
+    reason = _decode_error(record, stored_channels, label_key)
+    if reason is not None:
+      return index, _file_name(record), reason
   return None
+
+
+_SCAN_CHUNK = 1024  # records decoded per read when scanning a split: bounded memory
+
+
+def drop_corrupt_images(data: Dataset) -> Dataset:
+  """`data` without the examples whose image (or label map) does not decode.
+
+  For config.skip_corrupt_images. Every record of both splits is decoded once, on the host,
+  before training (a second or two for the offline datasets; a long pass for ImageNet-sized
+  ones). The examples left keep their order and the same ones are left at every start, so a
+  resumed run still sees exactly the batches of an uninterrupted one. The indices left out are
+  in the result's `skipped` ({split: [(index, file name, reason), ...]}), each logged.
+  """
+  skipped, splits = {}, {}
+  for split, source in (('train', data.train), ('eval', data.eval)):
+    bad = []
+    for start in range(0, len(source), _SCAN_CHUNK):
+      indices = list(range(start, min(start + _SCAN_CHUNK, len(source))))
+      for index, record in zip(indices, source.__getitems__(indices), strict=True):
+        reason = _decode_error(record, data.channels, _label_key(data))
+        if reason is not None:
+          bad.append((index, _file_name(record), reason))
+    if bad:
+      skipped[split] = bad
+      left = np.setdiff1d(np.arange(len(source)), [b[0] for b in bad])
+      if left.size == 0:
+        raise UserError(
+          f"dataset '{data.name}': none of the {len(source)} images of the {split} split "
+          'decodes; check the files (config.skip_corrupt_images skips only some)'
+        )
+      splits[split] = Subset(source, left)
+  return dataclasses.replace(data, **splits, skipped=skipped)
 
 
 def _name_corrupt_images(
@@ -396,7 +441,8 @@ def _name_corrupt_images(
       where = f' ({name})' if name else ''
       raise UserError(
         f"dataset '{data.name}': example {index} of the {split} split{where} is not a readable "
-        f'image ({reason}); replace or remove it and prepare the dataset again'
+        f'image ({reason}); replace or remove it and prepare the dataset again, or set '
+        'config.skip_corrupt_images=True to leave such images out (counted)'
       ) from None
     yield batch
 
