@@ -25,8 +25,12 @@ recipe (shared 2-core CPU). Resolution here adds positions, not detail: the digi
 upsampled. The best candidate is picked on the test split (digits has no validation split), which
 flatters the compound line at phi = 1 a little.
 
-Budget: about 30 minutes. Measured on the 2-core CPU machine while another job kept it busy (load
-average 3-6, this run under `nice -n 19`), so upper bounds:
+Measured: the whole command took 24.9 min (1,493 s: planning 68 s, 16 trials of 54-105 s at 300
+steps) on the 2-core CPU machine on 2026-11-26, with test runs at nice 19 sharing the cores part of
+the time; results in README "Sweeps" and experiments/results/efficientnet_sweep.*.
+
+The estimate made before that run: about 30 minutes, from these measurements on the 2-core CPU
+machine while another job kept it busy (load average 3-6, under `nice -n 19`; upper bounds):
   - a trial at 300 steps: the base net 79 s; depth alone x3.1 MACs (31 blocks) 170 s, width alone
     (0.5225) 101 s, resolution alone (32 px) 99 s: 487 s for these four in one process, startup
     and planning included;
