@@ -91,6 +91,7 @@ def test_step_on_four_devices_leaves_the_teacher_bit_identical(tmp_path, data_di
   assert all(jax.tree.leaves(moved))
 
 
+@pytest.mark.slow  # end to end, about a minute on 2 cores: CI runs it in its second step
 def test_recipe_trains_the_teacher_first_and_keeps_it_out_of_the_student(tmp_path, data_dir):
   workdir = str(tmp_path / 'run')
   result = train.train_and_evaluate(_config(data_dir), workdir)

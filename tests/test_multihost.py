@@ -5,6 +5,7 @@ import socket
 import helpers
 import jax
 import numpy as np
+import pytest
 
 from cnn_jax import train
 from cnn_jax.checkpoint import Checkpointer
@@ -36,6 +37,7 @@ def _final_state(workdir: str, data_dir: str):
   return Checkpointer(f'{workdir}/checkpoints').restore(template)
 
 
+@pytest.mark.slow  # end to end, about a minute on 2 cores: CI runs it in its second step
 def test_two_hosts_match_one(tmp_path, data_dir):
   one = str(tmp_path / 'one')
   code, _, err = helpers.run([*ARGS, f'--workdir={one}'], data_dir, devices=4)

@@ -55,6 +55,7 @@ def reference(tmp_path_factory, data_dir):
   return workdir, helpers.summary(workdir)
 
 
+@pytest.mark.slow  # end to end, about a minute on 2 cores: CI runs it in its second step
 def test_iterations_write_pseudo_labels_and_a_summary(reference):
   workdir, summary = reference
   assert [it['role'] for it in summary['iterations']] == ['teacher', 'student']
@@ -71,6 +72,7 @@ def test_iterations_write_pseudo_labels_and_a_summary(reference):
   assert summary['iterations'][1]['pseudo_labels'] == stats
 
 
+@pytest.mark.slow  # end to end, about a minute on 2 cores: CI runs it in its second step
 def test_kill_mid_iteration_then_rerun_matches(reference, tmp_path, data_dir):
   _, expected = reference
   workdir = str(tmp_path / 'run')

@@ -319,6 +319,7 @@ def test_diverged_trials_are_recorded_and_sigterm_stops_the_sweep(tmp_path, monk
 # Processes: kill and rerun, two shards at once.
 
 
+@pytest.mark.slow  # end to end, about a minute on 2 cores: CI runs it in its second step
 def test_two_shards_one_killed_and_rerun_gather_one_table(tmp_path, data_dir):
   """An LR sweep over 2 concurrent processes; shard 0 is killed after its first trial and rerun:
   it continues with its unfinished trial only (resumed from its checkpoint), shard 1 waits for
