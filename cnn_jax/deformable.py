@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import conv_kernel_init
+from cnn_jax.layers import Conv, conv_kernel_init
 
 
 def _out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
@@ -156,7 +156,7 @@ class DeformableConv(nn.Module):
     taps = kh * kw * self.offset_groups
     kernel = self.param('kernel', self.kernel_init, (kh, kw, c, self.features), jnp.float32)
     x = jnp.asarray(x, self.dtype)
-    pred = nn.Conv(
+    pred = Conv(
       (3 if self.modulation else 2) * taps,
       self.kernel_size,
       self.strides,

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import conv_kernel_init
+from cnn_jax.layers import Conv, conv_kernel_init
 
 UPSAMPLE_MODES = ('transpose', 'bilinear', 'nearest')
 Initializer = Callable[..., jax.Array]
@@ -97,7 +97,7 @@ class Upsample(nn.Module):
 
     if self.mode != 'transpose':
       x = resize(jnp.asarray(x, self.dtype), (th, tw), self.mode)  # (B, th, tw, C)
-      conv = nn.Conv(
+      conv = Conv(
         self.features,
         (k, k),
         padding='SAME',

@@ -84,7 +84,14 @@ import optax  # noqa: E402
 from cnn_jax import data as data_lib  # noqa: E402
 from cnn_jax import models, optim, parallel, tasks, train  # noqa: E402
 from cnn_jax.errors import UserError  # noqa: E402
-from cnn_jax.layers import AvgPool, BatchNorm, DepthwiseConv, MaxPool, PointwiseConv  # noqa: E402
+from cnn_jax.layers import (  # noqa: E402
+  AvgPool,
+  BatchNorm,
+  Conv,
+  DepthwiseConv,
+  MaxPool,
+  PointwiseConv,
+)
 from cnn_jax.upsample import Upsample  # noqa: E402
 from configs import default  # noqa: E402
 from experiments.depthwise_benchmark import _compile, _interleaved  # noqa: E402
@@ -671,7 +678,7 @@ LAYERS: dict[str, Layer] = {
   # DESIGN.md's backward-conv case: 3x3, 128 -> 128 at 28x28.
   'conv3x3': Layer(
     (28, 28, 128),
-    lambda dt: nn.Conv(128, (3, 3), padding=1, use_bias=False, dtype=dt),
+    lambda dt: Conv(128, (3, 3), padding=1, use_bias=False, dtype=dt),  # cnn_jax.layers.Conv
     lambda tnn: tnn.Conv2d(128, 128, 3, 1, 1, bias=False),
   ),
   # MobileNet's 1x1 convs run as one matmul on CPU (cnn_jax.layers.PointwiseConv).

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import Flatten, MaxPool, dense_kernel_init
+from cnn_jax.layers import Conv, Flatten, MaxPool, dense_kernel_init
 
 
 def adaptive_bins(size: int, output_size: int) -> list[tuple[int, int]]:
@@ -99,7 +99,7 @@ class AlexNet(nn.Module):
     feats = {}
 
     def conv(x: jax.Array, i: int, kernel: int, stride: int, pad: int) -> jax.Array:
-      return nn.Conv(
+      return Conv(
         self.widths[i - 1],
         (kernel, kernel),
         stride,

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import DepthwiseConv, conv_kernel_init, dense_kernel_init
+from cnn_jax.layers import Conv, DepthwiseConv, conv_kernel_init, dense_kernel_init
 from cnn_jax.models.fcn import FCNHead  # torchvision's; also FCN-ResNet's heads
 from cnn_jax.models.resnet import DILATION_FOR_OUTPUT_STRIDE
 
@@ -88,7 +88,7 @@ class ConvBNReLU(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     k, d = self.kernel_size, self.dilation
     pad = d * (k - 1) // 2  # keeps H and W
-    conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
+    conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
     if self.separable and k > 1:
       x = DepthwiseConv(
         (k, k), padding=pad, dilation=d, dtype=self.dtype, impl=self.depthwise_impl, name='dw_conv'
@@ -137,7 +137,7 @@ class ASPP(nn.Module):
 def _classifier(num_classes: int, dtype: Any) -> nn.Module:
   # torch's default conv init (U(+-1/sqrt(fan_in))) for the last 1x1: He init would start the
   # logits about sqrt(6) times wider.
-  return nn.Conv(num_classes, (1, 1), dtype=dtype, kernel_init=dense_kernel_init, name='classifier')
+  return Conv(num_classes, (1, 1), dtype=dtype, kernel_init=dense_kernel_init, name='classifier')
 
 
 class Decoder(nn.Module):

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import AvgPool, GlobalAvgPool, MaxPool, dense_kernel_init
+from cnn_jax.layers import AvgPool, Conv, GlobalAvgPool, MaxPool, dense_kernel_init
 
 ModuleDef = Any
 
@@ -135,7 +135,7 @@ class DenseNet(nn.Module):
     self, x: jax.Array, *, train: bool = False, features: bool = False
   ) -> jax.Array | dict[str, jax.Array]:
     self._check_fields()
-    conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=kernel_init)
+    conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=kernel_init)
     norm = partial(
       nn.BatchNorm,
       use_running_average=not train,

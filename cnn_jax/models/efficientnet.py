@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from cnn_jax.errors import UserError
 from cnn_jax.layers import (
   BatchNorm,
+  Conv,
   DepthwiseConv,
   GlobalAvgPool,
   PointwiseConv,
@@ -241,7 +242,7 @@ class EfficientNet(nn.Module):
     self, x: jax.Array, *, train: bool = False, features: bool = False
   ) -> jax.Array | dict[str, jax.Array]:
     self._check_fields()
-    conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
+    conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
     # The 1x1 convs run as one matmul on CPU (2-3.5x faster there than XLA's 1x1 convolution),
     # as nn.Conv elsewhere; BatchNorm is flax's with a training forward that is cheaper on
     # XLA:CPU. Parameters are those of nn.Conv and nn.BatchNorm either way (cnn_jax.layers).

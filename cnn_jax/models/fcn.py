@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import conv_kernel_init, dense_kernel_init
+from cnn_jax.layers import Conv, conv_kernel_init, dense_kernel_init
 from cnn_jax.upsample import UPSAMPLE_MODES, Upsample, check_input_size, resize
 
 VARIANTS = ('32s', '16s', '8s')
@@ -88,10 +88,10 @@ class FCN(nn.Module):
       norm_axis_name=self.norm_axis_name,
     )
     feats = backbone(x, train=train, features=True)
-    conv = partial(nn.Conv, dtype=self.dtype, kernel_init=conv_kernel_init)
+    conv = partial(Conv, dtype=self.dtype, kernel_init=conv_kernel_init)
     # The paper zero-initialises the scoring layers (random init helped neither accuracy nor speed).
     score = partial(
-      nn.Conv, self.num_classes, (1, 1), dtype=self.dtype, kernel_init=nn.initializers.zeros
+      Conv, self.num_classes, (1, 1), dtype=self.dtype, kernel_init=nn.initializers.zeros
     )
     up = partial(Upsample, self.num_classes, mode=self.upsample, dtype=self.dtype)
     dropout = partial(nn.Dropout, self.dropout_rate, deterministic=not train)
@@ -159,7 +159,7 @@ class FCNHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     inner = x.shape[-1] // 4  # 2048 -> 512 (classifier), 1024 -> 256 (aux)
-    x = nn.Conv(
+    x = Conv(
       inner,
       (3, 3),
       padding=1,
@@ -179,7 +179,7 @@ class FCNHead(nn.Module):
     x = nn.relu(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train, name='dropout')(x)
     # torch's default conv init, U(+-1/sqrt(fan_in)), as torchvision leaves it for this layer.
-    out = nn.Conv(
+    out = Conv(
       self.num_classes, (1, 1), dtype=self.dtype, kernel_init=dense_kernel_init, name='out'
     )
     return out(x)

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import GlobalAvgPool, MaxPool
+from cnn_jax.layers import Conv, GlobalAvgPool, MaxPool
 from cnn_jax.models.alexnet import AdaptiveAvgPool  # torch bins; one copy, shared
 
 ModuleDef = Any
@@ -178,7 +178,7 @@ class GoogLeNet(nn.Module):
     self, x: jax.Array, *, train: bool = False, features: bool = False
   ) -> jax.Array | dict[str, jax.Array]:
     self._check_fields()
-    conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=kernel_init)
+    conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=kernel_init)
     norm = partial(
       nn.BatchNorm,
       use_running_average=not train,

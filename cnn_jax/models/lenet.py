@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.layers import Flatten, MaxPool
+from cnn_jax.layers import Conv, Flatten, MaxPool
 
 
 class LeNet5(nn.Module):
@@ -28,7 +28,7 @@ class LeNet5(nn.Module):
   ) -> jax.Array | dict[str, jax.Array]:
     del train  # no BatchNorm or dropout
     feats = {}
-    conv = partial(nn.Conv, kernel_size=(5, 5), padding='VALID', dtype=self.dtype)
+    conv = partial(Conv, kernel_size=(5, 5), padding='VALID', dtype=self.dtype)
     x = jnp.asarray(x, self.dtype)
     x = nn.relu(conv(6, name='conv1')(x))  # (B, 28, 28, 6)
     x = MaxPool((2, 2), name='pool1')(x)  # (B, 14, 14, 6)

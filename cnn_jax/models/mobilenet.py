@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from cnn_jax.errors import UserError
 from cnn_jax.layers import (
   BatchNorm,
+  Conv,
   DepthwiseConv,
   GlobalAvgPool,
   PointwiseConv,
@@ -216,7 +217,7 @@ class MobileNetV1(nn.Module):
     self, x: jax.Array, *, train: bool = False, features: bool = False
   ) -> jax.Array | dict[str, jax.Array]:
     _check('MobileNetV1', self.width_multiplier, self.dropout_rate, self.depthwise_impl)
-    conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
+    conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
     pointwise = _pointwise(self.dtype)
     depthwise = partial(DepthwiseConv, padding=1, dtype=self.dtype, impl=self.depthwise_impl)
     norm = _norm(train, self.dtype, self.norm_axis_name)
@@ -280,7 +281,7 @@ class MobileNetV2(nn.Module):
       raise UserError(
         f'MobileNetV2.replace_stride_with_dilation={flags}; expected 3 flags (strides 8, 16, 32)'
       )
-    conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
+    conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
     pointwise = _pointwise(self.dtype)
     depthwise = partial(DepthwiseConv, padding=1, dtype=self.dtype, impl=self.depthwise_impl)
     norm = _norm(train, self.dtype, self.norm_axis_name)

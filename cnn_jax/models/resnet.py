@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from cnn_jax.deformable import DeformableConv
 from cnn_jax.errors import UserError
 from cnn_jax.layers import (
+  Conv,
   GlobalAvgPool,
   MaxPool,
   SqueezeExcite,
@@ -226,7 +227,7 @@ class ResNet(nn.Module):
     self, x: jax.Array, *, train: bool = False, features: bool = False
   ) -> jax.Array | dict[str, jax.Array]:
     self._check_fields()
-    conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
+    conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
     norm = partial(
       nn.BatchNorm,
       use_running_average=not train,

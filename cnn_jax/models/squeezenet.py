@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import GlobalAvgPool
+from cnn_jax.layers import Conv, GlobalAvgPool
 
 # (stem channels, stem kernel, stages); a stage is a tuple of fire modules (squeeze, expand),
 # each expand split equally into 1x1 and 3x3 convs. A ceil-mode 3x3 / 2 max pool follows the
@@ -89,7 +89,7 @@ class Fire(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = lambda f, k, p, name: nn.Conv(
+    conv = lambda f, k, p, name: Conv(
       f, (k, k), padding=p, dtype=self.dtype, kernel_init=conv_init, name=name
     )
     x = nn.relu(conv(self.squeeze, 1, 0, 'squeeze')(x))
@@ -126,7 +126,7 @@ class SqueezeNet(nn.Module):
     feats = {}
     x = jnp.asarray(x, self.dtype)
     k = self.stem_kernel
-    x = nn.Conv(
+    x = Conv(
       self.stem_features,
       (k, k),
       2,
@@ -150,7 +150,7 @@ class SqueezeNet(nn.Module):
     if features:
       feats['pre_logits'] = jnp.mean(x, axis=(1, 2))  # (B, 512)
     x = nn.Dropout(self.dropout_rate, deterministic=not train, name='dropout')(x)
-    x = nn.Conv(
+    x = Conv(
       self.num_classes, (1, 1), dtype=self.dtype, kernel_init=classifier_init, name='conv10'
     )(x)
     x = GlobalAvgPool(name='avgpool')(nn.relu(x))  # (B, classes)

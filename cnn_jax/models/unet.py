@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import BatchNorm, MaxPool
+from cnn_jax.layers import BatchNorm, Conv, MaxPool
 from cnn_jax.upsample import UPSAMPLE_MODES, Upsample, check_input_size
 
 PADDINGS = ('valid', 'same')
@@ -69,7 +69,7 @@ class ConvBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     conv = partial(
-      nn.Conv,
+      Conv,
       self.features,
       (3, 3),
       padding=1 if self.padding == 'same' else 0,
@@ -149,7 +149,7 @@ class UNet(nn.Module):
       x = jnp.concatenate([skip, x], axis=-1)  # (B, 2m, 2m, 2 * widths[l - 1])
       x = block(widths[level - 1], name=f'dec{level}')(x, train=train)
 
-    x = nn.Conv(self.num_classes, (1, 1), kernel_init=he_normal, dtype=self.dtype, name='score')(x)
+    x = Conv(self.num_classes, (1, 1), kernel_init=he_normal, dtype=self.dtype, name='score')(x)
     # Logits in float32 so that softmax / cross-entropy stay accurate under bf16 compute.
     return jnp.asarray(x, jnp.float32)
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import Flatten, MaxPool, conv_kernel_init
+from cnn_jax.layers import Conv, Flatten, MaxPool, conv_kernel_init
 from cnn_jax.models.alexnet import AdaptiveAvgPool
 
 # Conv widths per stage (the paper's Table 1; torchvision's cfgs 'A', 'B', 'D', 'E').
@@ -64,7 +64,7 @@ class VGG(nn.Module):
     self, x: jax.Array, *, train: bool = False, features: bool = False
   ) -> jax.Array | dict[str, jax.Array]:
     self._check(x)
-    conv = partial(nn.Conv, kernel_size=(3, 3), padding=1, dtype=self.dtype)
+    conv = partial(Conv, kernel_size=(3, 3), padding=1, dtype=self.dtype)
     norm = partial(
       nn.BatchNorm,
       use_running_average=not train,

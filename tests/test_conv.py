@@ -1,0 +1,106 @@
+"""cnn_jax.conv / layers.Conv: the faster CPU weight gradient is lax's, and nothing else changes."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cnn_jax import conv, layers
+
+# (kernel, stride, padding, dilation, C_in, C_out, H = W): the cases the models use, and odd ones.
+CASES = [
+  (3, 1, 1, 1, 8, 16, 9),  # ResNet / VGG 3x3
+  (3, 2, 1, 1, 8, 16, 9),  # a strided 3x3 whose last row is not read
+  (7, 2, 3, 1, 3, 16, 16),  # the ImageNet stem
+  (3, 1, 'SAME', 2, 8, 8, 10),  # DeepLab's atrous conv
+  (1, 2, 0, 1, 8, 16, 8),  # a strided 1x1 shortcut
+  (5, 1, 'VALID', 1, 4, 6, 12),  # LeNet-5
+  (2, 2, 'VALID', 1, 4, 4, 8),
+]
+
+
+@pytest.fixture(autouse=True)
+def every_size(monkeypatch):
+  """The matmul weight gradient for the small test images too (the models: >= 256 positions)."""
+  monkeypatch.setattr(conv, 'MIN_POSITIONS', 0)
+
+
+@pytest.mark.parametrize('case', CASES, ids=[f'k{c[0]}s{c[1]}p{c[2]}d{c[3]}' for c in CASES])
+def test_gradients_and_parameters_match_nn_conv(case):
+  k, s, p, d, c_in, c_out, hw = case
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, hw, hw, c_in)), jnp.float32)
+  ours = layers.Conv(c_out, (k, k), s, p, kernel_dilation=d)
+  theirs = nn.Conv(c_out, (k, k), s, p, kernel_dilation=d)
+  variables = theirs.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(
+    jnp.shape, variables
+  )
+
+  def loss(module):
+    return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+
+  np.testing.assert_array_equal(ours.apply(variables, x), theirs.apply(variables, x))
+  got = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
+  want = jax.grad(loss(theirs), argnums=(0, 1))(variables, x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_weight_gradient_is_the_tap_sum():
+  """Against a direct NumPy sum over batch and positions, for one strided, padded case."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 7, 6, 3)).astype(np.float32)
+  g = rng.normal(size=(2, 4, 3, 5)).astype(np.float32)  # 3x3, stride 2, padding 1: 4 x 3 out
+  got = conv.weight_gradient(
+    jnp.asarray(x), jnp.asarray(g), (3, 3, 3, 5), (2, 2), ((1, 1),) * 2, (1, 1)
+  )
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  want = np.zeros((3, 3, 3, 5), np.float32)
+  for i in range(3):
+    for j in range(3):
+      for h in range(4):
+        for w in range(3):
+          want[i, j] += xp[:, i + 2 * h, j + 2 * w, :].T @ g[:, h, w, :]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_other_convolutions_are_lax_as_is(monkeypatch):
+  """Grouped or input-dilated convs, and NCHW, do not take the custom gradient."""
+  monkeypatch.setattr(conv, '_conv', None)  # would fail if called
+  x = jnp.ones((1, 6, 6, 4))
+  k = jnp.ones((3, 3, 2, 4))
+  y = conv.conv_general_dilated(
+    x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=2
+  )
+  want = lax.conv_general_dilated(
+    x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=2
+  )
+  np.testing.assert_array_equal(y, want)
+  k = jnp.ones((3, 3, 4, 4))
+  y = conv.conv_general_dilated(
+    x, k, (1, 1), ((1, 1), (1, 1)), lhs_dilation=(2, 2), dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
+  assert y.shape == (1, 11, 11, 4)
+
+
+def test_small_feature_maps_keep_xla_s_gradient(monkeypatch):
+  calls = []
+  monkeypatch.setattr(conv, 'MIN_POSITIONS', 256)
+  monkeypatch.setattr(
+    conv,
+    '_conv',
+    lambda *a: (
+      calls.append(a)
+      or lax.conv_general_dilated(
+        a[0], a[1], a[2], a[3], rhs_dilation=a[4], dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+      )
+    ),
+  )
+  k = jnp.ones((3, 3, 2, 2))
+  for hw in (15, 16):  # 225 and 256 output positions
+    conv.conv_general_dilated(
+      jnp.ones((1, hw, hw, 2)), k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
+  assert len(calls) == 1 and calls[0][0].shape == (1, 16, 16, 2)
