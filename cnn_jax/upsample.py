@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import Conv, conv_kernel_init
+from cnn_jax.layers import Conv, ConvTranspose, conv_kernel_init
 
 UPSAMPLE_MODES = ('transpose', 'bilinear', 'nearest')
 Initializer = Callable[..., jax.Array]
@@ -108,7 +108,7 @@ class Upsample(nn.Module):
       )
       return conv(x)
 
-    y = nn.ConvTranspose(
+    y = ConvTranspose(
       self.features,
       (k, k),
       strides=(self.factor, self.factor),

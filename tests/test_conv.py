@@ -104,3 +104,44 @@ def test_small_feature_maps_keep_xla_s_gradient(monkeypatch):
       jnp.ones((1, hw, hw, 2)), k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
     )
   assert len(calls) == 1 and calls[0][0].shape == (1, 16, 16, 2)
+
+
+@pytest.mark.parametrize(
+  'window, strides, padding',
+  [((2, 2), (2, 2), 'VALID'), ((3, 3), (2, 2), ((1, 1), (1, 1))), ((3, 3), (1, 1), 'SAME')],
+)
+def test_max_pool_matches_flax_and_its_gradient_goes_to_the_first_maximum(window, strides, padding):
+  from cnn_jax import pooling
+
+  rng = np.random.default_rng(2)
+  # Rounded values: many ties (as after a ReLU), where the gradient must go to one input only.
+  x = jnp.asarray(np.round(rng.normal(size=(2, 9, 8, 3))), jnp.float32)
+  g = jnp.asarray(
+    rng.normal(size=jax.eval_shape(lambda x: nn.max_pool(x, window, strides, padding), x).shape),
+    jnp.float32,
+  )
+  ours = lambda x: pooling.max_pool(x, window, strides, padding)  # noqa: E731
+  theirs = lambda x: nn.max_pool(x, window, strides, padding)  # noqa: E731
+  np.testing.assert_array_equal(ours(x), theirs(x))
+  got, want = jax.vjp(ours, x)[1](g)[0], jax.vjp(theirs, x)[1](g)[0]
+  np.testing.assert_array_equal(got != 0, want != 0)  # the same inputs get gradient
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # overlapping windows: sum order
+
+
+def test_non_overlapping_transposed_conv_matches_flax():
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 5, 4, 6)), jnp.float32)
+  ours = layers.ConvTranspose(3, (2, 2), strides=(2, 2), padding='VALID')
+  theirs = nn.ConvTranspose(3, (2, 2), strides=(2, 2), padding='VALID')
+  variables = theirs.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(
+    jnp.shape, variables
+  )
+
+  def loss(module):
+    return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+
+  np.testing.assert_allclose(ours.apply(variables, x), theirs.apply(variables, x), atol=1e-5)
+  got = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
+  want = jax.grad(loss(theirs), argnums=(0, 1))(variables, x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
