@@ -6,7 +6,6 @@ makes the run SIGKILL itself there. Subprocesses of main.py, the tiny config on 
 devices; slow (about 15 runs of main.py), so they run in CI's second step: pytest -m slow.
 """
 
-import json
 import os
 import re
 import shutil
@@ -15,8 +14,6 @@ import time
 
 import helpers
 import pytest
-
-from cnn_jax.logs import MetricWriter
 
 pytestmark = pytest.mark.slow
 
@@ -125,11 +122,3 @@ def test_a_longer_run_continues_a_finished_one(reference, tmp_path, data_dir):
   assert code == 0, err[-2000:]
   summary = helpers.summary(workdir)
   assert summary['steps'] == 16 and summary['resumed_from_step'] == 12
-
-
-def test_a_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
-  """kill -9 in the middle of appending to metrics.jsonl leaves half a line; a rerun drops it."""
-  path = tmp_path / 'metrics.jsonl'
-  path.write_text('{"step": 1, "split": "train", "loss": 2.0}\n{"step": 2, "spl')
-  MetricWriter(str(tmp_path), resume_step=4).close()
-  assert [json.loads(line)['step'] for line in path.read_text().splitlines()] == [1]

@@ -7,7 +7,7 @@ import os
 import helpers
 import pytest
 
-from cnn_jax import optim, train
+from cnn_jax import logs, optim, train
 from cnn_jax.errors import UserError
 from configs import lenet5, resnet
 
@@ -189,3 +189,11 @@ def test_aux_logits_add_weighted_losses():
   main = train.cross_entropy(model.apply({'params': params}, x), y, 3).mean()
   aux = train.cross_entropy(nn.Dense(3).apply({'params': params['aux']}, x.reshape(4, -1)), y, 3)
   assert float(metrics['loss']) == pytest.approx(float(main + 0.3 * aux.mean()), rel=1e-5)
+
+
+def test_a_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+  """kill -9 in the middle of appending to metrics.jsonl leaves half a line; a rerun drops it."""
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('{"step": 1, "split": "train", "loss": 2.0}\n{"step": 2, "spl')
+  logs.MetricWriter(str(tmp_path), resume_step=4).close()
+  assert [json.loads(line)['step'] for line in path.read_text().splitlines()] == [1]
