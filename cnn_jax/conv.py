@@ -104,12 +104,16 @@ def _conv_bwd(strides, padding, dilation, precision, preferred, residuals, g):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def _pairs(padding, x_shape, kernel_shape, strides, dilation) -> tuple | None:
+def explicit_padding(
+  padding: str | Sequence[tuple[int, int]],
+  spatial: Sequence[int],
+  window: Sequence[int],
+  strides: Sequence[int],
+) -> tuple[tuple[int, int], ...]:
+  """(low, high) pairs per spatial dim, for lax's 'SAME' / 'VALID' strings or pairs as given."""
   if isinstance(padding, str):
-    window = [(k - 1) * d + 1 for k, d in zip(kernel_shape[:2], dilation, strict=True)]
-    padding = lax.padtype_to_pads(x_shape[1:3], window, strides, padding)
-  pairs = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return pairs if all(lo >= 0 and hi >= 0 for lo, hi in pairs) else None
+    padding = lax.padtype_to_pads(spatial, window, strides, padding)
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
 def conv_general_dilated(
@@ -151,8 +155,9 @@ def conv_general_dilated(
     return call()
   strides = tuple(int(s) for s in window_strides)
   dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
-  pairs = _pairs(padding, lhs.shape, rhs.shape, strides, dilation)
-  if pairs is None:
+  window = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dilation, strict=True)]
+  pairs = explicit_padding(padding, lhs.shape[1:3], window, strides)
+  if any(lo < 0 or hi < 0 for lo, hi in pairs):
     return call()
   out_hw = [
     (n + lo + hi - (k - 1) * d - 1) // s + 1

@@ -17,11 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-
-def _pairs(padding, x_shape, window, strides) -> tuple[tuple[int, int], ...]:
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(x_shape[1:3], window, strides, padding)
-  return tuple((int(lo), int(hi)) for lo, hi in padding)
+from cnn_jax.conv import explicit_padding
 
 
 def _forward(x, window, strides, pads):
@@ -81,4 +77,4 @@ def max_pool(
   strides = tuple(int(s) for s in (strides or window))
   if jax.default_backend() != 'cpu' or x.ndim != 4:
     return nn.max_pool(x, window, strides, padding)
-  return _max_pool(x, window, strides, _pairs(padding, x.shape, window, strides))
+  return _max_pool(x, window, strides, explicit_padding(padding, x.shape[1:3], window, strides))
