@@ -8,6 +8,14 @@ from typing import Any
 from flax.metrics import tensorboard
 
 
+def write_atomically(path: str, text: str) -> None:
+  """A reader (a rerun after kill -9) sees the old file or the new one, never half of one."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def _step(line: str) -> float:
   """The step of a metrics.jsonl line; infinity (dropped) for a line a kill cut short."""
   try:
@@ -29,10 +37,7 @@ class MetricWriter:
     if os.path.exists(self.path):
       with open(self.path) as f:
         rows = [line for line in f if _step(line) <= resume_step]
-      tmp = f'{self.path}.tmp{os.getpid()}'
-      with open(tmp, 'w') as f:  # replaced in one rename: a kill now loses no row
-        f.writelines(rows)
-      os.replace(tmp, self.path)
+      write_atomically(self.path, ''.join(rows))  # a kill now loses no row
     self._tb = {
       split: tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard', split))
       for split in ('train', 'test')

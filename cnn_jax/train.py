@@ -26,7 +26,7 @@ from cnn_jax import data as data_lib
 from cnn_jax import faults, models, optim, parallel, tasks
 from cnn_jax.checkpoint import Checkpointer, tree_sha256
 from cnn_jax.errors import UserError
-from cnn_jax.logs import MetricWriter
+from cnn_jax.logs import MetricWriter, write_atomically
 from cnn_jax.parallel import AXIS
 from cnn_jax.tasks import cross_entropy  # noqa: F401  (kept as train.cross_entropy)
 
@@ -741,7 +741,7 @@ def _train(
   else:
     state = initial_state(exp)
   if primary:
-    _write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2))
+    write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2))
   guard = _NumericsGuard(
     config.get('skip_nonfinite_steps', 0),
     skipped=ckpt.extra(start_step).get('skipped_steps', 0) if start_step else 0,
@@ -852,14 +852,6 @@ def _train(
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)
   return summary
-
-
-def _write_atomically(path: str, text: str) -> None:
-  """A reader (a rerun after kill -9) sees the old file or the new one, never half of one."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def restore_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
