@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import Conv, DepthwiseConv, conv_kernel_init, dense_kernel_init
+from cnn_jax.layers import BatchNorm, Conv, DepthwiseConv, conv_kernel_init, dense_kernel_init
 from cnn_jax.models.fcn import FCNHead  # torchvision's; also FCN-ResNet's heads
 from cnn_jax.models.resnet import DILATION_FOR_OUTPUT_STRIDE
 
@@ -200,7 +200,7 @@ class DeepLab(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     self.check_input_size(x.shape[1], x.shape[2])  # before any compute
     norm = partial(
-      nn.BatchNorm,
+      BatchNorm,
       use_running_average=not train,
       momentum=0.9,  # torch's momentum=0.1 counts the other way round
       epsilon=1e-5,

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import AvgPool, Conv, GlobalAvgPool, MaxPool, dense_kernel_init
+from cnn_jax.layers import AvgPool, BatchNorm, Conv, GlobalAvgPool, MaxPool, dense_kernel_init
 
 ModuleDef = Any
 
@@ -137,7 +137,7 @@ class DenseNet(nn.Module):
     self._check_fields()
     conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=kernel_init)
     norm = partial(
-      nn.BatchNorm,
+      BatchNorm,
       use_running_average=not train,
       momentum=0.9,  # torch's momentum=0.1 counts the other way round
       epsilon=1e-5,

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import Conv, conv_kernel_init, dense_kernel_init
+from cnn_jax.layers import BatchNorm, Conv, conv_kernel_init, dense_kernel_init
 from cnn_jax.upsample import UPSAMPLE_MODES, Upsample, check_input_size, resize
 
 VARIANTS = ('32s', '16s', '8s')
@@ -168,7 +168,7 @@ class FCNHead(nn.Module):
       kernel_init=conv_kernel_init,
       name='conv',
     )(x)
-    x = nn.BatchNorm(
+    x = BatchNorm(
       use_running_average=not train,
       momentum=0.9,  # torch's momentum=0.1 counts the other way round
       epsilon=1e-5,

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import Conv, GlobalAvgPool, MaxPool
+from cnn_jax.layers import BatchNorm, Conv, GlobalAvgPool, MaxPool
 from cnn_jax.models.alexnet import AdaptiveAvgPool  # torch bins; one copy, shared
 
 ModuleDef = Any
@@ -180,7 +180,7 @@ class GoogLeNet(nn.Module):
     self._check_fields()
     conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=kernel_init)
     norm = partial(
-      nn.BatchNorm,
+      BatchNorm,
       use_running_average=not train,
       momentum=0.9,  # torch's momentum=0.1 counts the other way round
       epsilon=1e-3,  # torchvision's BasicConv2d (ported from TensorFlow)

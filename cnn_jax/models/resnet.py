@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from cnn_jax.deformable import DeformableConv
 from cnn_jax.errors import UserError
 from cnn_jax.layers import (
+  BatchNorm,
   Conv,
   GlobalAvgPool,
   MaxPool,
@@ -229,7 +230,7 @@ class ResNet(nn.Module):
     self._check_fields()
     conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
     norm = partial(
-      nn.BatchNorm,
+      BatchNorm,
       use_running_average=not train,
       momentum=0.9,  # torch's momentum=0.1 counts the other way round
       epsilon=1e-5,

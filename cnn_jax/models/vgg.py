@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import Conv, Flatten, MaxPool, conv_kernel_init
+from cnn_jax.layers import BatchNorm, Conv, Flatten, MaxPool, conv_kernel_init
 from cnn_jax.models.alexnet import AdaptiveAvgPool
 
 # Conv widths per stage (the paper's Table 1; torchvision's cfgs 'A', 'B', 'D', 'E').
@@ -66,7 +66,7 @@ class VGG(nn.Module):
     self._check(x)
     conv = partial(Conv, kernel_size=(3, 3), padding=1, dtype=self.dtype)
     norm = partial(
-      nn.BatchNorm,
+      BatchNorm,
       use_running_average=not train,
       momentum=0.9,  # torch's momentum=0.1 counts the other way round
       epsilon=1e-5,
