@@ -46,12 +46,8 @@ class AvgPool(nn.Module):
   count_include_pad: bool = True  # torch's default
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return nn.avg_pool(
-      x,
-      self.window,
-      self.strides or self.window,
-      self.padding,
-      count_include_pad=self.count_include_pad,
+    return pooling.avg_pool(
+      x, self.window, self.strides or self.window, self.padding, self.count_include_pad
     )
 
 

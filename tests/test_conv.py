@@ -108,7 +108,15 @@ def test_small_feature_maps_keep_xla_s_gradient(monkeypatch):
 
 @pytest.mark.parametrize(
   'window, strides, padding',
-  [((2, 2), (2, 2), 'VALID'), ((3, 3), (2, 2), ((1, 1), (1, 1))), ((3, 3), (1, 1), 'SAME')],
+  [
+    ((2, 2), (2, 2), 'VALID'),
+    ((3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((3, 3), (1, 1), 'SAME'),
+    ((3, 3), (2, 2), ((0, 1), (0, 2))),  # SqueezeNet's ceil mode: padded at the end only
+    ((2, 3), (1, 2), 'VALID'),
+    ((1, 1), (2, 2), 'VALID'),  # a window smaller than the stride: some inputs get nothing
+    ((5, 5), (3, 3), 'SAME'),
+  ],
 )
 def test_max_pool_matches_flax_and_its_gradient_goes_to_the_first_maximum(window, strides, padding):
   from cnn_jax import pooling
@@ -126,6 +134,33 @@ def test_max_pool_matches_flax_and_its_gradient_goes_to_the_first_maximum(window
   got, want = jax.vjp(ours, x)[1](g)[0], jax.vjp(theirs, x)[1](g)[0]
   np.testing.assert_array_equal(got != 0, want != 0)  # the same inputs get gradient
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # overlapping windows: sum order
+
+
+@pytest.mark.parametrize(
+  'window, strides, padding',
+  [
+    ((2, 2), (2, 2), 'VALID'),
+    ((3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((3, 3), (1, 1), 'SAME'),
+    ((2, 3), (1, 2), 'VALID'),
+    ((5, 5), (3, 3), 'SAME'),
+  ],
+)
+@pytest.mark.parametrize('count_include_pad', [True, False])
+def test_avg_pool_and_its_gradient_match_flax(window, strides, padding, count_include_pad):
+  from cnn_jax import pooling
+
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(2, 11, 13, 3)), jnp.float32)
+  ours = lambda x: pooling.avg_pool(x, window, strides, padding, count_include_pad)  # noqa: E731
+  theirs = lambda x: nn.avg_pool(  # noqa: E731
+    x, window, strides, padding, count_include_pad=count_include_pad
+  )
+  y, back = jax.vjp(ours, x)
+  want_y, want_back = jax.vjp(theirs, x)
+  np.testing.assert_allclose(y, want_y, rtol=1e-6, atol=1e-6)
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  np.testing.assert_allclose(back(g)[0], want_back(g)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_non_overlapping_transposed_conv_matches_flax():

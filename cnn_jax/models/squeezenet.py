@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn_jax import pooling
 from cnn_jax.errors import UserError
 from cnn_jax.layers import Conv, GlobalAvgPool
 
@@ -65,7 +66,7 @@ def ceil_pool_padding(size: int, window: int, stride: int) -> int:
 class CeilMaxPool(nn.Module):
   """Max pool with torch's ceil_mode=True: partial windows at the bottom / right edges count.
 
-  Implemented as a valid max pool over an input padded at the end with -inf (nn.max_pool's
+  Implemented as a valid max pool over an input padded at the end with -inf (max_pool's
   padding value). It matters where (size - window) is odd: SqueezeNet 1.0 at 224 pools 54 -> 27
   (floor mode: 26), at 32 pools 13 -> 6 -> 3 -> 1 (floor mode: 6 -> 2 -> 0, an empty map).
   """
@@ -77,7 +78,7 @@ class CeilMaxPool(nn.Module):
     k, s = self.window, self.strides
     pad_h = ceil_pool_padding(x.shape[1], k, s)
     pad_w = ceil_pool_padding(x.shape[2], k, s)
-    return nn.max_pool(x, (k, k), (s, s), padding=((0, pad_h), (0, pad_w)))
+    return pooling.max_pool(x, (k, k), (s, s), padding=((0, pad_h), (0, pad_w)))
 
 
 class Fire(nn.Module):
