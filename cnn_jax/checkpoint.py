@@ -172,13 +172,25 @@ class Checkpointer:
     meta = self._meta(step)
     return dict(meta.get('extra', {})) if meta else {}
 
-  def restore(self, template: PyTree, step: int | None = None, *, explain: str = '') -> PyTree:
+  def restore(
+    self, template: PyTree | None, step: int | None = None, *, explain: str = ''
+  ) -> PyTree:
     """The state at `step` (default: latest) as host arrays, shaped like `template`, verified.
 
-    `explain`: what the caller knows about why a checkpoint may not fit (config changes); it
-    joins the error when the checkpoint does not fit the template.
+    `template` None: the tree as it was saved (nested dicts of numpy arrays), e.g. to take some
+    weights of another model from it (cnn_jax.transfer). `explain`: what the caller knows about
+    why a checkpoint may not fit (config changes); it joins the error when the checkpoint does
+    not fit the template.
     """
     step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f'no checkpoint in {self.directory}; train that run first')
+    if template is None:
+      try:
+        saved_tree = self._manager.item_metadata(step)[ARRAYS].tree
+      except Exception as e:
+        raise self._damaged(step, f'its metadata cannot be read: {_first_line(e)}') from e
+      template = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved_tree)
     target = jax.tree.map(np.asarray, flax.serialization.to_state_dict(template))
     meta = self._meta(step)
     if meta is None:

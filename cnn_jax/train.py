@@ -23,7 +23,7 @@ from absl import logging
 from jax import lax
 
 from cnn_jax import data as data_lib
-from cnn_jax import faults, models, optim, parallel, tasks
+from cnn_jax import faults, models, optim, parallel, tasks, transfer
 from cnn_jax.checkpoint import Checkpointer, tree_sha256
 from cnn_jax.errors import UserError
 from cnn_jax.logs import MetricWriter, write_atomically
@@ -53,6 +53,7 @@ def train_step(
   task: tasks.Task,
   teacher_model: flax.linen.Module | None = None,
   skip_nonfinite: bool = False,
+  freeze: str = '',
 ) -> tuple[TrainState, Metrics]:
   """One SGD step on this device's share of the batch; gradients averaged over AXIS.
 
@@ -64,6 +65,9 @@ def train_step(
   parameters, optimizer state or BatchNorm statistics hold a NaN or Inf changes nothing but the
   step counter (so the next step reads the next batch); metrics['skipped'] is 1 for it. Skipped
   steps do not advance optax's own count either, so a schedule runs that many steps behind.
+
+  `freeze` (config.freeze): the BatchNorm statistics of the layers it matches keep their values
+  (`tx` already leaves their parameters alone: transfer.freeze).
   """
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
   if teacher_model is not None:
@@ -86,6 +90,7 @@ def train_step(
     return loss, (logits, updates.get('batch_stats', {}))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  batch_stats = transfer.keep_frozen_stats(batch_stats, state.batch_stats, freeze)
   # Every device holds the same number of examples, so the mean of the per-device mean
   # gradients is the gradient of the global batch's mean loss.
   grads = lax.pmean(grads, AXIS)
@@ -281,7 +286,9 @@ def build(
   else:
     num_steps = math.ceil(config.num_epochs * steps_per_epoch)
   schedule = optim.create_schedule(config.optimizer, num_steps, steps_per_epoch)
-  tx = optim.create_optimizer(config.optimizer, schedule)
+  tx = transfer.freeze(optim.create_optimizer(config.optimizer, schedule), config.get('freeze', ''))
+  if config.get('init_from') is not None and config.init_from.path:
+    transfer.check_source(config.init_from)
   teacher = _build_teacher(config, workdir, num_classes, devices) if 'distill' in config else None
   _create_workdir(workdir)  # only once the config, data and teacher are known to be good
   return Experiment(
@@ -397,7 +404,7 @@ def _build_teacher(
 # A workdir keeps the config it was trained with (CONFIG_FILE, written when training starts). On
 # resume and eval the config is compared with it before anything compiles:
 # - these fields define what the checkpoint holds: a difference is an error;
-MODEL_FIELDS = ('model', 'dataset', 'image_size', 'image_channels', 'optimizer.name')
+MODEL_FIELDS = ('model', 'dataset', 'image_size', 'image_channels', 'optimizer.name', 'freeze')
 # - these may change freely: how long the run goes, how often it logs, evaluates and saves, where
 #   its data and teacher live, how it runs in parallel, what it does with NaNs;
 RESUMABLE_FIELDS = (
@@ -414,6 +421,7 @@ RESUMABLE_FIELDS = (
   'distill.teacher_workdir',
   'distill.train_teacher',
   'noisy_student.pseudo_labels',
+  'init_from',  # read on a fresh start only
 )
 # - any other difference (optimizer.lr, batch_size, seed ...) is allowed with a warning: the run
 #   goes on, but it is no longer the run it started as.
@@ -513,6 +521,23 @@ def initial_state(exp: Experiment) -> TrainState:
       opt_state=exp.tx.init(params),
       rng=train_key,
     )
+  )
+
+
+def starting_state(exp: Experiment) -> TrainState:
+  """The state a fresh run starts from: initial_state, with the weights config.init_from names
+  (cnn_jax/transfer.py); config.freeze checked against the model's parameters."""
+  state = initial_state(exp)
+  transfer.check_freeze(state.params, exp.config.get('freeze', ''))
+  init_from = exp.config.get('init_from')
+  if init_from is None or not init_from.path:
+    return state
+  fresh = {'params': state.params, 'batch_stats': state.batch_stats}
+  variables = transfer.initialise(exp.config, exp.model, fresh, input_shape(exp.config))
+  return state.replace(
+    params=variables['params'],
+    batch_stats=variables['batch_stats'],
+    opt_state=exp.tx.init(variables['params']),
   )
 
 
@@ -739,7 +764,7 @@ def _train(
     state = restore_checkpoint(exp, ckpt, start_step)
     logging.info('Resuming from the checkpoint of step %d.', start_step)
   else:
-    state = initial_state(exp)
+    state = starting_state(exp)
   if primary:
     write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2))
   guard = _NumericsGuard(
@@ -757,6 +782,7 @@ def _train(
       task=exp.task,
       teacher_model=exp.teacher.model if exp.teacher is not None else None,
       skip_nonfinite=guard.limit > 0,
+      freeze=config.get('freeze', ''),
     ),
     num_consts=len(consts),
   )

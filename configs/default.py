@@ -45,6 +45,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.decay_factor = 0.1
   config.label_smoothing = 0.0
 
+  # Transfer learning (cnn_jax/transfer.py): start from another run's checkpoint or torchvision
+  # weights, taking the weights `load` matches and `skip` does not (regexes on names such as
+  # 'stage1_block1/conv1/kernel'); a fresh start only. `freeze`: parameters left untrained.
+  config.init_from = ml_collections.ConfigDict()
+  config.init_from.path = ''  # a workdir, a step folder .../checkpoints/<step>, a .pth or .npz
+  config.init_from.load = ''  # '' = every weight
+  config.init_from.skip = ''  # e.g. '^head/': a classifier for another number of classes
+  config.freeze = ''  # e.g. '^(?!head/)': everything but the classifier
+
   config.log_every_steps = 20
   config.eval_every_steps = -1  # <= 0: evaluate at the end only
   config.checkpoint_every_steps = 100
