@@ -65,8 +65,11 @@ REFERENCE = {
 def input_shape(name: str) -> tuple[int, int, int]:
   if name == 'alexnet_tiny':
     return (64, 64, 3)  # AlexNet's 11x11/4 stem and three pools need at least 63 pixels
+  if name == 'unet_valid':
+    return (572, 572, 3)  # the paper's input tile (388x388 out); 224 does not pool evenly
   depth = ''.join(c for c in name if c.isdigit())
-  small = name == 'lenet5' or name.endswith('_tiny') or (depth and int(depth) in CIFAR_DEPTHS)
+  cifar = name.startswith(('resnet', 'plain')) and depth and int(depth) in CIFAR_DEPTHS
+  small = name == 'lenet5' or name.endswith('_tiny') or cifar
   return (32, 32, 3) if small else (224, 224, 3)
 
 
