@@ -23,7 +23,7 @@ from absl import logging
 from jax import lax
 
 from cnn_jax import data as data_lib
-from cnn_jax import faults, models, optim, parallel, tasks, transfer
+from cnn_jax import faults, layers, models, optim, parallel, tasks, transfer
 from cnn_jax.checkpoint import Checkpointer, tree_sha256
 from cnn_jax.errors import UserError
 from cnn_jax.logs import MetricWriter, write_atomically
@@ -66,8 +66,9 @@ def train_step(
   step counter (so the next step reads the next batch); metrics['skipped'] is 1 for it. Skipped
   steps do not advance optax's own count either, so a schedule runs that many steps behind.
 
-  `freeze` (config.freeze): the BatchNorm statistics of the layers it matches keep their values
-  (`tx` already leaves their parameters alone: transfer.freeze).
+  `freeze` (config.freeze): the BatchNorm layers it matches normalise with their running
+  statistics, as in evaluation, and keep them (`tx` already leaves the parameters alone:
+  transfer.freeze).
   """
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
   if teacher_model is not None:
@@ -75,13 +76,14 @@ def train_step(
     batch = {**batch, 'teacher_logits': jnp.asarray(teacher_logits, jnp.float32)}
 
   def loss_fn(params):
-    logits, updates = model.apply(
-      {'params': params, 'batch_stats': state.batch_stats},
-      batch['image'],
-      train=True,
-      mutable=['batch_stats', 'aux_logits'],
-      rngs={'dropout': rng},
-    )
+    with layers.frozen_norms(transfer.compile_regex(freeze, 'config.freeze')):
+      logits, updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats},
+        batch['image'],
+        train=True,
+        mutable=['batch_stats', 'aux_logits'],
+        rngs={'dropout': rng},
+      )
     loss = task.loss(logits, batch)
     # Auxiliary classifiers (GoogLeNet, DeepLab's FCN head) sow their logits in training only;
     # each adds its loss with the model's weight (0.3 in Szegedy et al. 2015).
@@ -242,6 +244,12 @@ def build(
   parallel.check_batch_size('config.batch_size', config.batch_size, runner.num_devices)
   parallel.check_batch_size('config.eval_batch_size', config.eval_batch_size, runner.num_devices)
   data = data_lib.load(config.dataset, config.data_dir or None)
+  data = data_lib.class_subset(
+    data,
+    config.get('data_classes', ()),
+    config.get('train_examples_per_class', -1),
+    seed=config.seed,
+  )
   if config.get('skip_corrupt_images', False):
     data = data_lib.drop_corrupt_images(data)
     for split, bad in data.skipped.items():
@@ -253,6 +261,7 @@ def build(
           f' ({name})' if name else '',
           reason,
         )
+  data_lib.augment_options(data.spec, config.get('augment'))  # bad options: an error now
   self_training = config.get('noisy_student')
   pool = pseudo = None
   if self_training is not None:
@@ -333,6 +342,7 @@ def _train_batches(exp: Experiment, start_step: int):
     image_size=config.image_size,
     channels=config.image_channels,
     randaugment=tuple(config.get('randaugment', ())) or None,
+    augment=config.get('augment'),
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )

@@ -16,9 +16,12 @@ Regexes are searched (`re.search`), so '^head/' or 'stage[12]_' work.
 This is the transfer-learning recipe of the notes: with little data, freeze everything but the
 softmax layer (`freeze='^(?!head/)'`) and train the new head; with more data, freeze fewer layers
 or none (fine-tuning). Frozen parameters get no update at all (optax.multi_transform with
-set_to_zero: no weight decay and no momentum either) and the BatchNorm running statistics of
-frozen layers keep their loaded values; in training, those layers still normalise with the
-batch's own statistics (as torch does for `requires_grad=False` layers left in train mode).
+set_to_zero: no weight decay and no momentum either), and frozen BatchNorm layers run as in
+evaluation even in training: they normalise with their loaded running statistics and keep them
+(layers.frozen_norms; Keras's rule for non-trainable BatchNorm). A frozen backbone therefore
+computes in training exactly the features it computes at test time, and the new head learns on
+those. (torch's `requires_grad=False` alone would leave them normalising with each batch's
+statistics and updating the running ones.)
 
 init_from applies to a fresh start only: a run that resumes takes its own checkpoint.
 """
@@ -105,7 +108,8 @@ def check_freeze(params: PyTree, freeze_regex: str) -> None:
 
 
 def keep_frozen_stats(new: PyTree, old: PyTree, freeze_regex: str) -> PyTree:
-  """BatchNorm statistics: the old values for the layers that config.freeze matches."""
+  """BatchNorm statistics: the old values for the layers that config.freeze matches (frozen
+  layers.BatchNorm layers leave them as they are already; this also holds any other norm)."""
   pattern = compile_regex(freeze_regex, 'config.freeze')
   if pattern is None:
     return new

@@ -4,6 +4,7 @@ Not meant to be run by itself (it names no model); see configs/resnet.py and con
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -14,6 +15,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data_dir = ''  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.image_size = 32
   config.image_channels = 3  # grey datasets are tiled to RGB, so one net serves every dataset
+  # Part of a classification dataset (datasets.class_subset), e.g. a transfer learning source
+  # task on digits 0-4 and a small target task on 5-9: the classes kept, relabelled 0..k-1 in
+  # this order in both splits (() = all), and that many training examples of each kept class,
+  # a stratified draw from config.seed (-1 = all).
+  config.data_classes = ()
+  config.train_examples_per_class = -1
 
   config.model = ml_collections.ConfigDict()
   config.model.name = ''
@@ -44,6 +51,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.decay_every_epochs = 1.0  # 'exponential': multiply by decay_factor this often
   config.optimizer.decay_factor = 0.1
   config.label_smoothing = 0.0
+  # Train augmentation of classification datasets (cnn_jax/data/pipeline.py: augment_options);
+  # None keeps the dataset's default: digits and mnist a random 2-pixel shift, cifar a 4-pixel
+  # pad-and-crop + mirror, imagenet a random-resized crop + mirror.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.crop = config_dict.placeholder(bool)  # False: resized as in eval
+  config.augment.flip = config_dict.placeholder(bool)  # left-right mirror, probability 1/2
+  # s: a uniform offset in [-s, s] per channel of the [0, 1] image (grey: brightness); 0 off.
+  config.augment.color_shift = config_dict.placeholder(float)
 
   # Transfer learning (cnn_jax/transfer.py): start from another run's checkpoint or torchvision
   # weights, taking the weights `load` matches and `skip` does not (regexes on names such as

@@ -22,6 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = default.get_config()
   config.model.name = 'googlenet'
   config.model.aux_weight = 0.3
+  config.model.naive = False  # True: the paper's naive Inception (fig. 2a), no 1x1 reductions
   variant = default.set_variant(config, arg)
   if variant == 'digits':
     default.set_offline_recipe(config, num_epochs=10.0)

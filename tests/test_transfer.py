@@ -2,6 +2,7 @@
 backbone, loading rules, and their errors."""
 
 import os
+import re
 
 import helpers
 import jax
@@ -10,7 +11,7 @@ import optax
 import pytest
 from flax import traverse_util
 
-from cnn_jax import train, transfer
+from cnn_jax import layers, models, train, transfer
 from cnn_jax.checkpoint import Checkpointer
 from cnn_jax.errors import UserError
 
@@ -153,3 +154,30 @@ def test_a_workdir_without_checkpoints_is_refused_before_training(tmp_path, data
   with pytest.raises(UserError, match='holds no finished checkpoint; train that run first'):
     train.build(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
+
+
+def test_frozen_batch_norm_layers_run_as_in_evaluation():
+  model = models.create('resnet_tiny', num_classes=10)
+  rng = np.random.default_rng(0)
+  x = jax.numpy.asarray(rng.normal(size=(4, 16, 16, 3)), jax.numpy.float32)
+  variables = jax.jit(model.init)(jax.random.key(0), x)
+  stats = jax.tree.map(lambda v: v + rng.uniform(0.5, 1.5, v.shape), variables['batch_stats'])
+  variables = {'params': variables['params'], 'batch_stats': stats}
+  evaluated = model.apply(variables, x, train=False)
+
+  def training(pattern):
+    with layers.frozen_norms(pattern):
+      return model.apply(variables, x, train=True, mutable=['batch_stats'])
+
+  out, updates = training(re.compile('.'))
+  np.testing.assert_allclose(out, evaluated, rtol=1e-5, atol=1e-5)
+  assert _flat(updates['batch_stats']).keys() == _flat(stats).keys()
+  for name, value in _flat(updates['batch_stats']).items():
+    np.testing.assert_array_equal(value, _flat(stats)[name], err_msg=name)
+  # Only the matched layers: the stem's statistics stay, the others move.
+  _, updates = training(re.compile('^stem_bn/'))
+  moved = {
+    k for k, v in _flat(updates['batch_stats']).items() if not np.array_equal(v, _flat(stats)[k])
+  }
+  assert moved and not any(k.startswith('stem_bn/') for k in moved)
+  assert not np.allclose(training(None)[0], evaluated, atol=1e-3)

@@ -1,7 +1,16 @@
 """Datasets and input pipelines."""
 
-from cnn_jax.data.datasets import DATASETS, Dataset, Source, Subset, labeled_split, load
+from cnn_jax.data.datasets import (
+  DATASETS,
+  Dataset,
+  Source,
+  Subset,
+  class_subset,
+  labeled_split,
+  load,
+)
 from cnn_jax.data.pipeline import (
+  augment_options,
   drop_corrupt_images,
   eval_iterator,
   eval_steps,
@@ -15,6 +24,8 @@ __all__ = [
   'Dataset',
   'Source',
   'Subset',
+  'augment_options',
+  'class_subset',
   'drop_corrupt_images',
   'eval_iterator',
   'eval_steps',

@@ -281,6 +281,114 @@ def labeled_split(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, S
   return dataclasses.replace(data, train=Subset(data.train, labelled)), Subset(data.train, pool)
 
 
+class Relabelled(Subset):
+  """Examples `indices` of a classification source, each 'label' l replaced by new_label[l]."""
+
+  def __init__(
+    self, source: Source, indices: Sequence[int] | np.ndarray, new_label: dict[int, int]
+  ):
+    super().__init__(source, indices)
+    self.new_label = dict(new_label)
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    return [{**r, 'label': self.new_label[int(r['label'])]} for r in super().__getitems__(indices)]
+
+
+def _check_class_subset(data: Dataset, classes: Any, per_class: Any, seed: Any) -> None:
+  """class_subset's arguments, checked before any label is read."""
+  field = 'config.data_classes'
+  if isinstance(classes, str | bytes) or not isinstance(classes, Sequence):
+    raise UserError(
+      f'{field}={classes!r}: give a tuple of class ids, e.g. (5, 6, 7, 8, 9), or () for all'
+    )
+  if (
+    isinstance(per_class, bool)
+    or not isinstance(per_class, numbers.Integral)
+    or not (per_class == -1 or per_class >= 1)
+  ):
+    raise UserError(
+      f'config.train_examples_per_class={per_class!r}: give a whole number >= 1 (that many '
+      'training examples of each class) or -1 (all of them)'
+    )
+  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    raise UserError(f'class subset seed {seed!r}: give a whole number >= 0')
+  if (classes or per_class != -1) and data.spec.segmentation:
+    raise UserError(
+      f"dataset '{data.name}' is a segmentation dataset: config.data_classes and "
+      'config.train_examples_per_class need per-image class labels; leave them at () and -1'
+    )
+  for c in classes:
+    if isinstance(c, bool) or not isinstance(c, numbers.Integral) or not 0 <= c < data.num_classes:
+      raise UserError(
+        f"{field}={tuple(classes)!r}: {c!r} is not a class id of dataset '{data.name}' "
+        f'(0..{data.num_classes - 1}); list ids from that range'
+      )
+  for c in classes:
+    if list(classes).count(c) > 1:
+      raise UserError(f'{field}={tuple(classes)!r}: class {c} is listed twice; list each once')
+  if len(classes) == 1:
+    raise UserError(
+      f'{field}={tuple(classes)!r}: a classifier needs at least 2 classes; list 2 or more '
+      'class ids, or () for all'
+    )
+
+
+def class_subset(
+  data: Dataset, classes: Sequence[int] = (), per_class: int = -1, seed: int = 0
+) -> Dataset:
+  """`data` with only some classes, and/or only some training examples of each.
+
+  For transfer learning on the offline data: a source task on some classes, a small labelled
+  target task on others (config.data_classes, config.train_examples_per_class).
+
+  Args:
+    data: a classification dataset.
+    classes: the class ids to keep, relabelled 0..k-1 in the order given, in both splits;
+      () keeps every class (and its label).
+    per_class: a stratified draw of that many training examples of each kept class, with NumPy
+      from (seed, the class's id in `data`), as labeled_split draws; -1 keeps them all. The
+      eval split always keeps every example of the kept classes.
+    seed: of the draw (the run's config.seed: each seed labels other examples).
+
+  Returns:
+    `data` itself when classes is () and per_class -1; else a copy whose splits list their
+    examples in split order and whose num_classes is len(classes).
+
+  Raises:
+    UserError: an id outside the dataset's classes, one listed twice, a single class, a count
+      that is not -1 or >= 1 or is more than a kept class holds, a segmentation dataset.
+  """
+  _check_class_subset(data, classes, per_class, seed)
+  if not classes and per_class == -1:
+    return data
+  kept = [int(c) for c in classes] or list(range(data.num_classes))
+  labels = source_labels(data.train)
+  chosen = []
+  for c in kept:
+    members = np.flatnonzero(labels == c)
+    if per_class > members.size:
+      smallest = min(int(np.sum(labels == k)) for k in kept)
+      raise UserError(
+        f'config.train_examples_per_class={per_class}: class {c} of dataset '
+        f"'{data.name}' has only {members.size} training examples; ask for at most "
+        f'{smallest} (the smallest kept class), or -1 for all'
+      )
+    if per_class > 0:
+      members = np.random.default_rng((int(seed), c)).choice(members, per_class, replace=False)
+    chosen.append(members)
+  train_indices = np.sort(np.concatenate(chosen))
+  if not classes:  # every class, labels unchanged: only the train split shrinks
+    return dataclasses.replace(data, train=Subset(data.train, train_indices))
+  new_label = {c: i for i, c in enumerate(kept)}
+  eval_indices = np.flatnonzero(np.isin(source_labels(data.eval), kept))
+  return dataclasses.replace(
+    data,
+    train=Relabelled(data.train, train_indices, new_label),
+    eval=Relabelled(data.eval, eval_indices, new_label),
+    num_classes=len(kept),
+  )
+
+
 def default_data_dir() -> str:
   return os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
 

@@ -12,8 +12,11 @@ example, 0 for eval padding. Classification adds 'label' (B,) int32. Segmentatio
 or spec.ignore_label (255) for pixels that no loss or metric should count (borders the dataset
 marks as unsure, pixels brought in by augmentation padding, every pixel of a padded eval example).
 
-Classification training may add RandAugment (Cubuk et al. 2019) after the crop and flip, with its
-own seed folded from the example's, so batches without it are what they always were.
+Classification training augments each image with the dataset's default (spec.train_augment: a
+random crop, a mirror image unless it is a digit) or with `augment` options that switch the crop,
+the left-right flip and a colour shift on and off one by one (`augment_options`); then it may add
+RandAugment (Cubuk et al. 2019). The colour shift and RandAugment draw from seeds of their own,
+folded from the example's, so batches without them are what they always were.
 
 Noisy Student self-training (Xie et al. 2020): `self_training_iterator` mixes the labelled stream
 above with a second, independent endless stream over the pseudo-labelled examples (its own
@@ -44,6 +47,84 @@ _EVAL_CROP_FRACTION = 0.875  # 224 of 256, the usual ImageNet center crop
 # Seeds of the streams besides the labelled one, folded into an example's (seed, position):
 _RANDAUGMENT_STREAM = 1  # RandAugment's choices for an example
 _PSEUDO_STREAM = 2  # the pseudo-labelled examples' order and augmentation (self-training)
+_COLOR_STREAM = 3  # an example's colour shift (augment.color_shift)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentOptions:
+  """The training augmentation of a classification dataset, every option resolved.
+
+  crop: a random crop (spec.train_augment's kind: pad-and-crop, or the random-resized crop);
+    False: the image is resized as in eval. flip: a left-right mirror with probability 1/2.
+  color_shift: s > 0 adds an offset drawn uniformly from [-s, s] to each stored channel of the
+    image in [0, 1], then clips to [0, 1]: the notes' "colour shifting" (offsets of about 20 of
+    255 are s = 0.08); a grey dataset gets one offset, a brightness shift. Not AlexNet's PCA
+    colour augmentation. 0: off.
+  """
+
+  crop: bool
+  flip: bool
+  color_shift: float = 0.0
+
+
+AUGMENT_FIELDS = ('crop', 'flip', 'color_shift')
+
+
+def default_augment(spec: DatasetSpec) -> AugmentOptions:
+  """What a dataset's training images get when no option is set: spec.train_augment's crop,
+  and a mirror for every kind but 'shift' (a mirrored digit is another symbol)."""
+  return AugmentOptions(crop=True, flip=spec.train_augment != 'shift')
+
+
+def augment_options(spec: DatasetSpec, augment: Any = None) -> AugmentOptions:
+  """`augment` ({'crop', 'flip', 'color_shift'}: a config.augment section, a dict, or None)
+  resolved against the dataset's default: a field that is None takes the default.
+
+  Raises UserError for an unknown option, a value of the wrong kind, or an option set for a
+  segmentation dataset (their augmentation is spec.train_augment 'scale_crop').
+  """
+  if augment is None:
+    augment = {}
+  elif hasattr(augment, 'to_dict'):  # an ml_collections.ConfigDict
+    augment = augment.to_dict()
+  elif not isinstance(augment, dict):
+    raise UserError(
+      f'augment options {augment!r}: give a section of {", ".join(AUGMENT_FIELDS)} (None: the '
+      "dataset's default)"
+    )
+  unknown = sorted(set(augment) - set(AUGMENT_FIELDS))
+  if unknown:
+    raise UserError(
+      f'config.augment has no option {unknown[0]!r}; its options: {", ".join(AUGMENT_FIELDS)}'
+    )
+  chosen = {k: v for k, v in augment.items() if v is not None}
+  if spec.segmentation and chosen:
+    raise UserError(
+      f'config.augment.{next(iter(chosen))} is set, but the segmentation dataset '
+      f"'{spec.tfds_name}' is augmented by its own random rescale and crop (the image and its "
+      'label map together); leave config.augment unset (None)'
+    )
+  for name in ('crop', 'flip'):
+    if name in chosen and not isinstance(chosen[name], bool | np.bool_):
+      raise UserError(
+        f"config.augment.{name}={chosen[name]!r}; give True, False or None (the dataset's default)"
+      )
+  shift = chosen.get('color_shift', 0.0)
+  if (
+    isinstance(shift, bool | np.bool_)
+    or not isinstance(shift, numbers.Real)
+    or not 0.0 <= shift <= 1.0  # NaN fails too
+  ):
+    raise UserError(
+      f'config.augment.color_shift={shift!r}; give the largest offset per channel as a fraction '
+      "of the intensity range, in [0, 1] (e.g. 0.1; 0 off, None the dataset's default)"
+    )
+  default = default_augment(spec)
+  return AugmentOptions(
+    crop=bool(chosen.get('crop', default.crop)),
+    flip=bool(chosen.get('flip', default.flip)),
+    color_shift=float(shift),
+  )
 
 
 def _permutation(seed: int, epoch: int, n: int, stream: int = 0) -> np.ndarray:
@@ -71,10 +152,15 @@ class _TrainIndex:
     return out
 
 
-def _augment(image: tf.Tensor, seed: tf.Tensor, *, kind: str, size: int) -> tf.Tensor:
+def _augment(
+  image: tf.Tensor, seed: tf.Tensor, *, spec: DatasetSpec, size: int, options: AugmentOptions
+) -> tf.Tensor:
   """Random training augmentation of one float image in [0, 1]; `seed` is a stateless seed."""
+  kind = spec.train_augment
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  if kind == 'inception_crop_flip':
+  if not options.crop:
+    image = _eval_resize(image, kind=spec.eval_resize, size=size)
+  elif kind == 'inception_crop_flip':
     # Random-resized crop (Szegedy et al. 2015): 8%-100% of the area, aspect 3/4-4/3.
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
       tf.shape(image),
@@ -95,8 +181,13 @@ def _augment(image: tf.Tensor, seed: tf.Tensor, *, kind: str, size: int) -> tf.T
     image = tf.image.stateless_random_crop(
       image, tf.shape(image) - [2 * pad, 2 * pad, 0], crop_seed
     )
-  if kind != 'shift':  # a mirrored digit is another symbol
+  if options.flip:  # off by default for digits ('shift'): a mirrored digit is another symbol
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  if options.color_shift:
+    color_seed = tf.random.experimental.stateless_fold_in(seed, _COLOR_STREAM)
+    s = options.color_shift
+    offsets = tf.random.stateless_uniform(tf.shape(image)[-1:], color_seed, -s, s)  # (C,)
+    image = tf.clip_by_value(image + offsets, 0.0, 1.0)
   return image
 
 
@@ -183,16 +274,19 @@ def preprocess(
   channels: int,
   train: bool,
   randaugment: tuple[int, float] | None = None,
+  augment: AugmentOptions | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
   """Decodes one image and returns it augmented (train) or resized (eval), normalised.
 
-  `randaugment` (N, M): train images also get RandAugment's N ops at magnitude M (of 30) after
-  the crop and flip, in [0, 1], with spec.fill and spec.max_translate.
+  `augment`: the train augmentation (None: the dataset's default). `randaugment` (N, M): train
+  images also get RandAugment's N ops at magnitude M (of 30) after it, in [0, 1], with
+  spec.fill and spec.max_translate.
   """
   image = tf.io.decode_image(encoded, channels=stored_channels, expand_animations=False)
   image = tf.image.convert_image_dtype(image, tf.float32)  # [0, 1]
   if train:
-    image = _augment(image, seed, kind=spec.train_augment, size=image_size)
+    options = default_augment(spec) if augment is None else augment
+    image = _augment(image, seed, spec=spec, size=image_size, options=options)
     if randaugment:
       num_layers, magnitude = randaugment
       image = randaugment_lib.randaugment(
@@ -342,8 +436,11 @@ def _preprocess_fn(
   channels: int,
   train: bool,
   randaugment: tuple[int, float] | None = None,
+  augment: AugmentOptions | None = None,
 ) -> Callable:
   kwargs = {'randaugment': randaugment} if randaugment else {}
+  if augment is not None and not data.spec.segmentation:
+    kwargs['augment'] = augment
   return functools.partial(
     preprocess_segmentation if data.spec.segmentation else preprocess,
     spec=data.spec,
@@ -457,15 +554,18 @@ def train_iterator(
   image_size: int,
   channels: int,
   randaugment: tuple[int, float] | None = None,
+  augment: Any = None,
   process_index: int = 0,
   process_count: int = 1,
 ) -> Iterator[Batch]:
   """This host's share of the training batches for steps start_step .. num_steps - 1.
 
-  `randaugment` (N, M on 0..30): RandAugment noise on top of the usual augmentation
+  `augment`: config.augment (crop, flip, color_shift; `augment_options`), None or all None the
+  dataset's default. `randaugment` (N, M on 0..30): RandAugment noise on top of that
   (classification only; None or () off, the batches then unchanged).
   """
   randaugment = _check_randaugment(randaugment, data)
+  options = augment_options(data.spec, augment)
   mine = _local_slice(global_batch, process_index, process_count)
   n = len(data.train)
   gen = functools.partial(
@@ -479,7 +579,12 @@ def train_iterator(
     _label_key(data),
   )
   pre = _preprocess_fn(
-    data, image_size=image_size, channels=channels, train=True, randaugment=randaugment
+    data,
+    image_size=image_size,
+    channels=channels,
+    train=True,
+    randaugment=randaugment,
+    augment=options,
   )
   batches = _to_tf(gen, len(mine), pre, seed, data.spec.segmentation).as_numpy_iterator()
   index = _TrainIndex(seed, n)
@@ -587,6 +692,7 @@ def self_training_iterator(
   image_size: int,
   channels: int,
   randaugment: tuple[int, float] | None = None,
+  augment: Any = None,
   num_local_devices: int = 1,
   process_index: int = 0,
   process_count: int = 1,
@@ -596,9 +702,10 @@ def self_training_iterator(
   Step s holds the labelled examples of train_iterator's step s (same seed: the same examples
   and crops) and `unlabeled_batch` pseudo-labelled ones: pseudo row j is pool example
   pseudo_indices[j] with target pseudo_targets[j], drawn from an endless stream of its own
-  (epochs of M rows, permutations from (seed, epoch, 2)). Both get the train augmentation and
-  RandAugment if given. Host-local rows: b = global_batch / P labelled, u = unlabeled_batch / P
-  pseudo; each of the n local devices' contiguous chunks holds b/n labelled then u/n pseudo rows.
+  (epochs of M rows, permutations from (seed, epoch, 2)). Both get the train augmentation
+  (`augment`, as in train_iterator) and RandAugment if given. Host-local rows: b = global_batch
+  / P labelled, u = unlabeled_batch / P pseudo; each of the n local devices' contiguous chunks
+  holds b/n labelled then u/n pseudo rows.
 
   Args:
     pseudo_indices: (M,) rows of `pool`; repeats allowed (duplicated examples).
@@ -613,6 +720,7 @@ def self_training_iterator(
   randaugment = _check_randaugment(randaugment, data)
   if data.spec.segmentation:
     raise UserError(f"self-training needs a classification dataset, not '{data.name}'")
+  options = augment_options(data.spec, augment)
   pseudo_indices = np.asarray(pseudo_indices).reshape(-1)
   pseudo_targets = np.asarray(pseudo_targets, dtype=np.float32)  # no copy when float32
   m, k = len(pseudo_indices), data.num_classes
@@ -637,7 +745,12 @@ def self_training_iterator(
   u = _host_share('unlabeled batch size', unlabeled_batch, process_count, n)
   steps = range(start_step, num_steps)
   pre = _preprocess_fn(
-    data, image_size=image_size, channels=channels, train=True, randaugment=randaugment
+    data,
+    image_size=image_size,
+    channels=channels,
+    train=True,
+    randaugment=randaugment,
+    augment=options,
   )
 
   def endless(source: Source, batch: int, local: int, stream: int) -> tf.data.Dataset:

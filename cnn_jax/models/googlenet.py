@@ -12,6 +12,12 @@ without, 13,004,888 with the auxiliary classifiers, 1000 classes). Where it depa
   needs 4 * 4 * 128 = 2048 inputs either way);
 - max pools use torch's ceil_mode=True, done here with explicit right/bottom padding (-inf).
 
+`naive=True` builds every Inception module as the "naive version" of the paper's figure 2a: the
+3x3 and "5x5" convs read the module's input directly (no 1x1 reductions) and the pool branch
+passes its input through (no 1x1 projection). The output then carries all the input channels
+plus c1 + c2 + c3, so the width grows from module to module and with it the cost: the 1x1
+bottleneck is what keeps GoogLeNet affordable (experiments/claims_training.py measures it).
+
 The auxiliary classifiers (after inception4a and inception4d) run only in training: there they
 `sow` their float32 logits into the 'aux_logits' collection, as {'aux1': {'logits': (l1,)},
 'aux2': {'logits': (l2,)}}; the trainer adds `aux_weight` times the cross-entropy of each leaf
@@ -104,24 +110,30 @@ class Inception(nn.Module):
 
   Names follow torchvision: 'branch1', 'branch2_0', 'branch2_1', 'branch3_0', 'branch3_1',
   'branch4_1' (its index 0 is the parameter-free 3x3/1 max pool).
+
+  `naive`: Szegedy et al.'s figure 2a, 1x1 | 3x3 | 3x3 | pool: the reductions (branch2_0,
+  branch3_0) and the pool projection (branch4_1) are left out, the other names kept; c2_red,
+  c3_red and c4 are then unused and the output has C_in + c1 + c2 + c3 channels.
   """
 
   widths: tuple[int, int, int, int, int, int]
   conv: ModuleDef
   norm: ModuleDef
+  naive: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c1, c2_red, c2, c3_red, c3, c4 = self.widths
     block = partial(BasicConv2d, conv=self.conv, norm=self.norm)
     b1 = block(c1, 1, name='branch1')(x)
-    b2 = block(c2_red, 1, name='branch2_0')(x)
+    b2 = x if self.naive else block(c2_red, 1, name='branch2_0')(x)
     b2 = block(c2, 3, padding=1, name='branch2_1')(b2)
-    b3 = block(c3_red, 1, name='branch3_0')(x)
+    b3 = x if self.naive else block(c3_red, 1, name='branch3_0')(x)
     # torchvision: 3x3 here, where the paper has 5x5 (padding 1 instead of 2).
     b3 = block(c3, 3, padding=1, name='branch3_1')(b3)
     b4 = MaxPool((3, 3), (1, 1), padding=ceil_mode_padding(x.shape, 3, 1, 1), name='branch4_0')(x)
-    b4 = block(c4, 1, name='branch4_1')(b4)
+    if not self.naive:
+      b4 = block(c4, 1, name='branch4_1')(b4)  # naive: (B, H, W, C_in), passed through
     return jnp.concatenate([b1, b2, b3, b4], axis=-1)  # (B, H, W, c1 + c2 + c3 + c4)
 
 
@@ -169,6 +181,8 @@ class GoogLeNet(nn.Module):
   # The pools between stages run whenever a later stage follows: stages 3 / 4 / 5 keep strides
   # 8 / 16 / 32 whichever of their modules are built.
   modules: Sequence[str] = tuple(INCEPTION_CONFIGS)
+  # Every Inception module in its naive form (no 1x1 reductions or pool projection, fig. 2a).
+  naive: bool = False
   num_classes: int = 1000
   dtype: Any = jnp.float32
   norm_axis_name: str | None = None  # BatchNorm statistics averaged over this axis
@@ -209,7 +223,7 @@ class GoogLeNet(nn.Module):
         x = MaxPool((window, window), (2, 2), pads, name=pool_name)(x)
         stage += 1
       widths = tuple(ch(c) for c in INCEPTION_CONFIGS[name])
-      x = Inception(widths, conv=conv, norm=norm, name=name)(x)
+      x = Inception(widths, conv=conv, norm=norm, naive=self.naive, name=name)(x)
       feats[f'inception{stage}'] = x  # ends as the stage's last output (stride 8, 16 or 32)
       if name in _AUX_AFTER and run_aux:
         InceptionAux(
@@ -235,6 +249,8 @@ class GoogLeNet(nn.Module):
     return max(1, round(c * self.width))
 
   def _check_fields(self) -> None:
+    if not isinstance(self.naive, bool):
+      raise UserError(f'GoogLeNet.naive={self.naive!r}; expected True or False')
     if not self.width > 0:
       raise UserError(f'GoogLeNet.width={self.width!r}; expected a positive multiplier')
     for field in ('dropout_rate', 'aux_dropout_rate'):
