@@ -29,13 +29,10 @@ reused). Writes claims_training.md and .json, claims_training_degradation.png an
 claims_training_augment.png into --out_dir (default experiments/results), keeping the claims of
 earlier invocations that were not rerun.
 
-Cost: not yet measured end to end (an estimate; replace it with the first full run's time).
-Single runs at nice 19 on the 2-core x86-64 CPU machine, while other jobs kept its load average
-at 4-8: ResNet-20 4.0 s a step (about 1.6 s on idle cores, configs/resnet.py), ResNet-56 9.2 s
-and plain-56 9.1 s a step plus 1.7-2 min of compilation and evaluation, googlenet_tiny 0.2 s a
-step after about 1.5 min of compilation, LeNet-5 0.13 s a step after 17 s. Divided by ResNet-20's
-2.5x, that puts the whole script at about 35-40 minutes on 2 idle cores, two thirds of it the
-degradation claim (12 runs, the 56-layer nets the most).
+Cost: 2,801 s (46.7 min) for every claim with seeds 0, 1, 2 on the 2-core x86-64 CPU machine
+(2026-11-26; test runs shared the cores for part of the degradation claim): degradation 30.2 min
+(plain20 68 s, resnet20 87 s, plain56 174 s, resnet56 158 s a run), inception 5.9 min,
+augmentation 10.5 min, k-NN 3 s.
 """
 
 import argparse
