@@ -88,7 +88,9 @@ def summarize(
 
   def interceptor(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
     module = context.module
-    if context.method_name == 'setup':
+    if context.method_name == 'setup' or any(frame[0] is module for frame in stack):
+      # A module calling its own methods (layers.BatchNorm's __call__ runs flax's through
+      # super()): one row, for the outermost call.
       return next_fun(*args, **kwargs)
     if stack and stack[-1][0] is not module:
       stack[-1][1] = True

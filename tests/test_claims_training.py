@@ -44,6 +44,7 @@ def test_knn_on_raw_pixels(tmp_path, data_dir):
   assert '## knn' in table and '| 8x8 pixels |' in table
 
 
+@pytest.mark.slow  # trains the five arms (about 35 s)
 def test_augmentation_smallest_path_and_resume(tmp_path, data_dir):
   args = _args(
     tmp_path, data_dir, '--claims', 'augmentation', '--arms', 'none', 'flip', '--steps', '2'

@@ -25,6 +25,7 @@ def _params(workdir: str) -> dict[str, np.ndarray]:
     ckpt.close()
 
 
+@pytest.mark.slow  # trains a source and two arms, twice (about 60 s)
 def test_smallest_run_writes_the_table_and_is_resumable(tmp_path, data_dir):
   runs, out = tmp_path / 'runs', tmp_path / 'out'
   argv = [

@@ -79,6 +79,7 @@ def test_new_head_on_a_frozen_backbone(tmp_path, data_dir):
     assert not np.array_equal(params[name], fresh_params[name]), name
 
 
+@pytest.mark.slow  # trains a second run (about 20 s)
 def test_fine_tuning_everything_moves_the_backbone(tmp_path, data_dir):
   source = _source_run(tmp_path, data_dir, num_classes=10)
   saved = _flat(Checkpointer(os.path.join(source, 'checkpoints')).restore(None)['params'])
@@ -163,11 +164,14 @@ def test_frozen_batch_norm_layers_run_as_in_evaluation():
   variables = jax.jit(model.init)(jax.random.key(0), x)
   stats = jax.tree.map(lambda v: v + rng.uniform(0.5, 1.5, v.shape), variables['batch_stats'])
   variables = {'params': variables['params'], 'batch_stats': stats}
-  evaluated = model.apply(variables, x, train=False)
+  evaluated = jax.jit(lambda v: model.apply(v, x, train=False))(variables)
 
   def training(pattern):
-    with layers.frozen_norms(pattern):
-      return model.apply(variables, x, train=True, mutable=['batch_stats'])
+    def apply(v):
+      with layers.frozen_norms(pattern):  # active while jit traces the model
+        return model.apply(v, x, train=True, mutable=['batch_stats'])
+
+    return jax.jit(apply)(variables)
 
   out, updates = training(re.compile('.'))
   np.testing.assert_allclose(out, evaluated, rtol=1e-5, atol=1e-5)
