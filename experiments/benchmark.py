@@ -583,8 +583,16 @@ def bench_model(
     torch_device=machine['torch_device'],
   )
   print(f'{name}, batch {batch}, {image_size} px, {args.dtype}:', flush=True)
-  row['pipeline'] = bench_pipeline(dataset, args.data_dir, batch, image_size, args.pipeline_batches)
-  print(f'  pipeline {row["pipeline"]["images_per_s"]:.0f} images/s', flush=True)
+  if not args.pipeline_batches:
+    row['pipeline'] = 'n/a: --pipeline_batches 0'
+  else:
+    try:
+      row['pipeline'] = bench_pipeline(
+        dataset, args.data_dir, batch, image_size, args.pipeline_batches
+      )
+    except Exception as e:  # no TensorFlow here, say: the step columns still count
+      row['pipeline'] = f'failed: {_one_line(e)}'
+  print(f'  pipeline {_cell(row["pipeline"])} images/s', flush=True)
 
   config = make_config(bench, batch, image_size, bf16, dataset)
   host_batch = synthetic_batch(batch, image_size, bench.num_classes, segmentation)
@@ -644,7 +652,7 @@ def bench_model(
   row['train_vs_torch_compile'] = _ratio(ours, _ips(row['torch_compile_train']))
   row['infer_vs_torch'] = _ratio(_ips(row['jax_infer']), _ips(row['torch_infer']))
   row['infer_vs_torch_compile'] = _ratio(_ips(row['jax_infer']), _ips(row['torch_compile_infer']))
-  row['pipeline_vs_step'] = _ratio(row['pipeline']['images_per_s'], ours)
+  row['pipeline_vs_step'] = _ratio(_ips(row['pipeline']), ours)
 
   warnings = []
   if row['params_torch'] is not None and row['params_torch'] != row['params_jax']:
@@ -903,10 +911,10 @@ def _x(v: float | None, digits: int = 2) -> str:
   return 'n/a' if v is None else f'{v:.{digits}f}x'
 
 
-def _cell(m: Any) -> str:
+def _cell(m: Any, digits: int = 1) -> str:
   """images/s of a measurement, or its status ('n/a', 'failed')."""
   if isinstance(m, dict):
-    return f'{m["images_per_s"]:.1f}'
+    return f'{m["images_per_s"]:.{digits}f}'
   return str(m).split(':')[0]
 
 
@@ -947,7 +955,7 @@ MODEL_COLUMNS: list[Column] = [
   ('ours infer img/s', True, lambda r: _cell(r['jax_infer'])),
   ('torch infer img/s', True, lambda r: _cell(r['torch_infer'])),
   ('infer ours/torch', True, lambda r: _x(r['infer_vs_torch'])),
-  ('pipeline img/s', True, lambda r: f'{r["pipeline"]["images_per_s"]:.0f}'),
+  ('pipeline img/s', True, lambda r: _cell(r['pipeline'], 0)),
   ('pipeline/step', True, lambda r: _x(r['pipeline_vs_step'], 1)),
   ('compile s (ours)', True, lambda r: f'{r["ours"]["compile_s"]:.1f}'),
   ('params ours / torch', False, _params),
@@ -1068,7 +1076,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     '--pipeline_batches',
     type=int,
     default=None,
-    help='timed input-pipeline batches (default 20; --quick 3)',
+    help="timed input-pipeline batches (default 20; --quick 3); 0: don't time the pipeline",
   )
   parser.add_argument(
     '--data_dir', default='', help="tfds folder ('': $TFDS_DATA_DIR or ~/tensorflow_datasets)"
@@ -1090,13 +1098,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   args.batch_sizes = _ints(args.batch_sizes or ('4' if quick else '256' if gpu else '32'))
   args.steps = args.steps or (3 if quick else 10)
   args.layer_batch = args.layer_batch or (2 if quick else 32)
-  args.pipeline_batches = args.pipeline_batches or (3 if quick else 20)
+  if args.pipeline_batches is None:
+    args.pipeline_batches = 3 if quick else 20
   args.cold_compile = args.cold_compile or ('none' if quick else 'resnet50')
   if quick:
     args.no_torch_compile = True
-  if min(args.steps, args.layer_batch, args.pipeline_batches) < 1 or args.image_size < 0:
+  if min(args.steps, args.layer_batch, args.pipeline_batches + 1) < 1 or args.image_size < 0:
     raise UserError(
-      '--steps, --layer_batch and --pipeline_batches must be >= 1 and --image_size >= 0 '
+      '--steps and --layer_batch must be >= 1, --pipeline_batches >= 0 and --image_size >= 0 '
       f'(got {args.steps}, {args.layer_batch}, {args.pipeline_batches}, {args.image_size})'
     )
   if args.dtype == 'auto':

@@ -117,11 +117,35 @@ def test_trainer_and_bare_steps_agree():
     (['--models=resnet5000'], "unknown model 'resnet5000'"),
     (['--layers=conv9x9'], '--layers: unknown conv9x9'),
     (['--models=unet', '--image_size=24'], 'cannot take 24x24 inputs'),
+    (['--pipeline_batches=-1'], '--pipeline_batches >= 0'),
   ],
 )
 def test_bad_input(argv, message):
   with pytest.raises(UserError, match=message):
     benchmark.parse_args([*argv, '--cold_compile=none'])
+
+
+def test_a_pipeline_that_cannot_run_leaves_the_step_columns(tmp_path, monkeypatch):
+  """No TensorFlow on the machine, say: the row records why, its step timings still count;
+  --pipeline_batches 0 leaves the pipeline out."""
+
+  def no_tensorflow(*args):
+    raise ModuleNotFoundError("No module named 'tensorflow'")
+
+  monkeypatch.setattr(benchmark, 'bench_pipeline', no_tensorflow)
+  common = ['--quick', '--no_torch', '--models=resnet_tiny', '--image_size=16', '--layers=none']
+  rows = [
+    benchmark.main([*common, f'--out_dir={tmp_path / str(n)}', f'--pipeline_batches={n}'])['rows']
+    for n in (1, 0)
+  ]
+  expected = [
+    "failed: ModuleNotFoundError: No module named 'tensorflow'",
+    'n/a: --pipeline_batches 0',
+  ]
+  for (row,), why in zip(rows, expected, strict=True):
+    assert 'status' not in row and row['pipeline'] == why and row['pipeline_vs_step'] is None
+    _positive(row['ours'], 3)
+  assert '| failed | n/a |' in (tmp_path / '1' / 'benchmark.md').read_text()
 
 
 @pytest.mark.slow
