@@ -142,14 +142,19 @@ def bench_layers_torch(batch: int, reps: int) -> list[dict]:
 
 
 def _interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
-  """Seconds per call of each fn, one call of each per round, after one warm-up call each."""
+  """Seconds per call of each fn, one call of each per round, after one warm-up call each.
+
+  Round r starts at the r-th fn (a rotation), so that no fn always follows the same one: what a
+  call leaves behind (threads still spinning, memory being returned) falls on each in turn."""
   for fn in fns.values():
     fn()
+  names = list(fns)
   times: dict[str, list[float]] = {name: [] for name in fns}
-  for _ in range(reps):
-    for name, fn in fns.items():
+  for r in range(reps):
+    k = r % len(names)
+    for name in names[k:] + names[:k]:
       t0 = time.perf_counter()
-      fn()
+      fns[name]()
       times[name].append(time.perf_counter() - t0)
   return times
 

@@ -159,3 +159,14 @@ def test_cold_compile_in_a_fresh_process():
   assert row['build_s'] >= row['init_s'] + row['train_step_compile_s']
   assert row['process_wall_s'] > row['build_s']
   assert '| resnet_tiny | 4 | 16 | float32 |' in benchmark.tables([row])
+
+
+def test_interleaved_rounds_rotate():
+  """Each round starts one fn later, so no fn always runs right after the same one."""
+  from experiments.depthwise_benchmark import _interleaved
+
+  calls = []
+  fns = {name: (lambda name=name: calls.append(name)) for name in 'abc'}
+  times = _interleaved(fns, 3)
+  assert calls == [*'abc', *'abc', *'bca', *'cab']
+  assert {name: len(t) for name, t in times.items()} == {'a': 3, 'b': 3, 'c': 3}
