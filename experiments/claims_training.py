@@ -7,9 +7,10 @@
 Claims (notes 004; every arm of a claim trains the same config but for the arm's own fields, for
 the same number of steps, seeds 0, 1, 2; digits: 1,437 train / 360 test 8x8 images at 32x32):
 - degradation (He et al. 2016, figs. 1 and 6): plain20, plain56, resnet20, resnet56 on the
-  offline ResNet recipe (configs/resnet.py), 33 steps = 3 epochs. The notes: deeper plain nets
-  train worse (higher training error), residual nets do not. Training error is measured on the
-  train split without augmentation, after training; the loss curves come from metrics.jsonl.
+  offline ResNet recipe (configs/resnet.py) at 16 px (every pixel of the 8x8 digits) with lr 0.05
+  and two warmup epochs, 110 steps = 10 epochs. The notes: deeper plain nets train worse (higher
+  training error), residual nets do not. Training error is measured on the train split without
+  augmentation, after training; the loss curves come from metrics.jsonl.
 - knn: k-nearest neighbours (k = 1, 3, 5, Euclidean, scikit-learn) on raw pixels of the same
   split, read through the project's pipeline at 8x8 (native) and 32x32 (the nets' input), beside
   the test accuracy of every CNN arm that has run. No randomness: one number per row.
@@ -22,16 +23,15 @@ the same number of steps, seeds 0, 1, 2; digits: 1,437 train / 360 test 8x8 imag
   brightness offset in [-0.1, 0.1] of the [0, 1] range, digits being grey).
 
 Every run goes through cnn_jax.sweep, the trainer's in-process runner of configs with overrides:
-runs/claims/<claim>/steps<N>/<arm>_seed<k> is an ordinary trainer workdir; one that holds
+runs/claims/<claim>/steps<N><tag>/<arm>_seed<k> is an ordinary trainer workdir; one that holds
 summary.json is read, not rerun, and an interrupted one resumes. Each finished run's checkpoint
 is then evaluated without augmentation on both splits (claims_eval.json in its workdir, also
 reused). Writes claims_training.md and .json, claims_training_degradation.png and
 claims_training_augment.png into --out_dir (default experiments/results), keeping the claims of
 earlier invocations that were not rerun.
 
-Cost: 2,801 s (46.7 min) for every claim with seeds 0, 1, 2 on the 2-core x86-64 CPU machine
-(2026-11-26; test runs shared the cores for part of the degradation claim): degradation 30.2 min
-(plain20 68 s, resnet20 87 s, plain56 174 s, resnet56 158 s a run), inception 5.9 min,
+Cost on the 2-core x86-64 CPU machine (2026-11-26): degradation 37.3 min (shared with other
+jobs and paused for 8 min of it; resnet20 59 s, resnet56 186 s a run), inception 5.9 min,
 augmentation 10.5 min, k-NN 3 s.
 """
 
