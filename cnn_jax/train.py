@@ -95,8 +95,8 @@ def train_step(
   batch_stats = transfer.keep_frozen_stats(batch_stats, state.batch_stats, freeze)
   # Every device holds the same number of examples, so the mean of the per-device mean
   # gradients is the gradient of the global batch's mean loss. On one device that mean is the
-  # gradient itself, but XLA:CPU still runs the all-reduce, a copy of every gradient (VGG-16:
-  # 553 MB a step, up to +50% on its step time in a process whose memory had been churned).
+  # gradient itself, but XLA still compiles the all-reduce: on CPU a copy of every gradient
+  # (VGG-16: one all-reduce of 553 MB a step in the compiled program).
   if lax.axis_size(AXIS) > 1:
     grads = lax.pmean(grads, AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
