@@ -528,7 +528,9 @@ def markdown(payload: dict) -> str:
       f'`configs/{spec.config}.py`{_overrides(spec.base)}, {claim["steps"]} steps of batch '
       f'{claim["batch_size"]} ({claim["epochs"]:.3g} epochs) per run, seeds {seeds}; load '
       f'average {claim["load_average_before"][0]} before, {claim["load_average_after"][0]} '
-      f'after; {claim["seconds"] / 60:.1f} min for the claim.',
+      f'after; {claim["seconds"] / 60:.1f} min for this invocation; the runs trained for '
+      f'{sum(r.get("wall_seconds") or 0 for r in claim["rows"]) / 60:.1f} min in all (their own '
+      'wall times: finished runs are read back, not rerun).',
       '',
     ]
     lines += {
