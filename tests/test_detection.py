@@ -276,6 +276,7 @@ def test_loss_rejects_bad_input():
 # ------------------------------------------------------------------------------------- models
 
 
+@pytest.mark.slow
 def test_head_shapes_and_initial_predictions():
   head = det.DetectionHead(num_anchors=2, num_classes=3, kernel_size=3)
   # A feature map of unit scale, like a BatchNorm'd backbone's.

@@ -67,7 +67,14 @@ def _numpy_variables(model, shape):
   return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-@pytest.mark.parametrize('family', sorted(FAMILIES))
+# The two slowest (25-27 s each on 2 cores) run in CI's slow step.
+SLOW_FAMILIES = ('deeplab', 'googlenet')
+
+
+@pytest.mark.parametrize(
+  'family',
+  [pytest.param(f, marks=pytest.mark.slow) if f in SLOW_FAMILIES else f for f in sorted(FAMILIES)],
+)
 def test_family_trains_one_step_on_four_devices(family, tmp_path, data_dir):
   name, size = FAMILIES[family]
   config = importlib.import_module(f'configs.{family}').get_config()

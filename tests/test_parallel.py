@@ -39,8 +39,9 @@ def _run(config, workdir, devices, data_dir):
   return jax.device_get(runner.get_state(state)), runner.get_output(metrics)
 
 
-# pmap: the same check on the other runner, slow (CI's second step: pytest -m slow).
-@pytest.mark.parametrize('kind', ['shard_map', pytest.param('pmap', marks=pytest.mark.slow)])
+# About a minute per runner on 2 cores: slow (CI's second step: pytest -m slow).
+@pytest.mark.slow
+@pytest.mark.parametrize('kind', ['shard_map', 'pmap'])
 def test_four_devices_match_one(kind, tmp_path, data_dir):
   assert jax.device_count() == 4
   one, m1 = _run(_config(), str(tmp_path / 'one'), ('shard_map', 1), data_dir)

@@ -182,6 +182,7 @@ def _images():
 STYLE_LAYERS = ('stage1', 'stage2', 'stage3')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('init', ['content', 'noise'])
 def test_stylise_lowers_the_cost(tiny, init):
   model, variables = tiny
@@ -213,6 +214,7 @@ def test_stylise_lowers_the_cost(tiny, init):
     assert not np.allclose(image, content, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_stylise_lbfgs_lowers_the_cost(tiny):
   model, variables = tiny
   content, style = _images()
