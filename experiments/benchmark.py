@@ -1103,7 +1103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   args.cold_compile = args.cold_compile or ('none' if quick else 'resnet50')
   if quick:
     args.no_torch_compile = True
-  if min(args.steps, args.layer_batch, args.pipeline_batches + 1) < 1 or args.image_size < 0:
+  if min(args.steps, args.layer_batch) < 1 or min(args.pipeline_batches, args.image_size) < 0:
     raise UserError(
       '--steps and --layer_batch must be >= 1, --pipeline_batches >= 0 and --image_size >= 0 '
       f'(got {args.steps}, {args.layer_batch}, {args.pipeline_batches}, {args.image_size})'
