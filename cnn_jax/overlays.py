@@ -1,4 +1,5 @@
-"""Pictures of segmentation results: image, true labels, predicted labels, one row per example."""
+"""Pictures of results: segmentation (image, true labels, predicted labels, one row per example)
+and detection (each image with its true boxes and the detections)."""
 
 import os
 
@@ -54,4 +55,62 @@ def save(
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def _draw_box(ax, box, hw, color: str, style: str, text: str, *, below: bool) -> None:
+  """One box (fractions of the image) on an imshow'n image of size hw, labelled above/below."""
+  from matplotlib.patches import Rectangle
+
+  h, w = hw
+  y0, x0, y1, x1 = np.asarray(box) * (h, w, h, w)
+  ax.add_patch(
+    Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=color, ls=style, lw=1.2)
+  )
+  ax.text(
+    x0, y1 + 1 if below else y0 - 1, text, color=color, fontsize=7, va='top' if below else 'bottom'
+  )
+
+
+def save_boxes(
+  path: str,
+  images: np.ndarray,
+  boxes: np.ndarray,
+  classes: np.ndarray,
+  detections: list,
+  *,
+  mean: tuple[float, ...],
+  std: tuple[float, ...],
+  min_score: float = 0.3,
+  columns: int = 4,
+) -> None:
+  """Writes a PNG grid of images with true boxes (green, dashed, class below) and detections
+  scoring above `min_score` (red, 'class score' above).
+
+  images (N, H, W, C) normalised as the pipeline makes them; boxes (N, M, 4) (y_min, x_min,
+  y_max, x_max) as fractions of the image and classes (N, M), -1 unused; detections: per image
+  (boxes as fractions, scores, classes), e.g. cnn_jax.detection.Detections.
+  """
+  n = len(images)
+  rows = -(-n // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.3 * rows), squeeze=False)
+  for ax in axes.ravel():
+    ax.set_axis_off()
+  for i in range(n):
+    ax = axes.ravel()[i]
+    h, w = images.shape[1:3]
+    image = np.clip(images[i] * np.asarray(std) + np.asarray(mean), 0, 1)
+    ax.imshow(image if image.shape[-1] == 3 else image[..., 0], cmap='gray', vmin=0, vmax=1)
+
+    for box, c in zip(boxes[i], classes[i], strict=True):
+      if c >= 0:
+        _draw_box(ax, box, (h, w), 'lime', '--', str(int(c)), below=True)
+    det_boxes, det_scores, det_classes = detections[i]
+    for box, score, c in zip(det_boxes, det_scores, det_classes, strict=True):
+      if score > min_score:
+        _draw_box(ax, box, (h, w), 'red', '-', f'{int(c)} {score:.2f}', below=False)
+  fig.suptitle('truth (green, dashed) and detections (red, class score)', fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  fig.savefig(path, dpi=90)
   plt.close(fig)

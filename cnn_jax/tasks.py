@@ -5,6 +5,14 @@ logits and a batch become a loss (a mean over this device's share), which train 
 (made global with collectives over AXIS) and which sums to add up over the eval set (psum'd per
 batch, summed over batches on the host, turned into metrics by `finalize`). Sums, not per-batch
 means: an eval metric is then exact whatever the batch size, padding or device count.
+
+Two optional hooks serve tasks whose targets or metrics are not device arithmetic:
+- `prepare(batch)`: turns a host batch (NumPy) into what the step reads, before it is put on the
+  devices (detection encodes its grid targets from the boxes here).
+- `eval_rows(outputs, batch)`: per-example arrays that the eval step gathers over devices and the
+  host concatenates over the eval set; `finalize` then finds them under totals[ROWS] (with the
+  padding's 'mask'), for metrics that need every example at once: detection's mAP after NMS,
+  one-shot accuracy of embeddings.
 """
 
 import dataclasses
@@ -17,11 +25,12 @@ import numpy as np
 import optax
 from jax import lax
 
-from cnn_jax import crf, segmentation
+from cnn_jax import crf, detection, metric_learning, segmentation
 from cnn_jax.errors import UserError
 from cnn_jax.parallel import AXIS
 
 Batch = dict[str, jax.Array]
+ROWS = 'rows'  # the key of the per-example eval arrays in finalize's totals
 
 
 class Task(Protocol):
@@ -35,6 +44,12 @@ class Task(Protocol):
   def eval_sums(self, logits: jax.Array, batch: Batch) -> dict[str, jax.Array]: ...
 
   def finalize(self, totals: dict[str, Any]) -> dict[str, float]: ...
+
+
+def prepare(task: Task, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The task's host-side `prepare` of a batch, or the batch itself when it has none."""
+  hook = getattr(task, 'prepare', None)
+  return batch if hook is None else hook(batch)
 
 
 def cross_entropy(
@@ -295,9 +310,214 @@ class Segmentation:
     return out
 
 
-def create(config: ml_collections.ConfigDict, spec: Any, num_classes: int) -> Task:
-  """The task of a dataset (its spec's 'classification' | 'segmentation') with config options."""
+def _valid_rows(totals: dict[str, Any]) -> dict[str, np.ndarray]:
+  """The eval rows of the real examples (padding, mask 0, left out)."""
+  rows = totals[ROWS]
+  keep = np.asarray(rows['mask']) > 0
+  return {k: np.asarray(v)[keep] for k, v in rows.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+  """YOLO-style detection (cnn_jax/detection.py): the notes' grid targets and loss, VOC mAP.
+
+  Batches hold 'boxes' (B, M, 4) as fractions of the image and 'classes' (B, M), -1 for unused
+  rows; `prepare` encodes them on the host into 'targets' (B, S_h, S_w, A, 5 + C) for the model's
+  grid and anchors (each object to the cell of its centre and the anchor of best shape IoU; of
+  objects colliding on one slot, one is kept: detection.assign). The loss is the mean over images
+  of detection.yolo_loss. Evaluation: the loss, and mAP at IoU `iou_threshold` (the notes' 0.5)
+  over the whole eval set after per-class NMS, computed on the host from the gathered outputs.
+  """
+
+  num_classes: int
+  grid: tuple[int, int]
+  anchors: tuple[tuple[float, float], ...]
+  box_weight: float = 1.0
+  no_object_weight: float = 1.0
+  class_loss: str = 'squared'
+  iou_threshold: float = 0.5  # of NMS and of a true positive
+  score_threshold: float = 0.01  # detections scoring at most this are dropped before NMS
+  primary_metric: str = 'map50'
+
+  def prepare(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    targets = detection.encode_targets(
+      batch['boxes'],
+      batch['classes'],
+      grid=self.grid,
+      anchors=self.anchors,
+      num_classes=self.num_classes,
+    )
+    return {**batch, 'targets': targets}
+
+  def _terms(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    return detection.yolo_loss_terms(
+      outputs,
+      batch['targets'],
+      anchors=self.anchors,
+      box_weight=self.box_weight,
+      no_object_weight=self.no_object_weight,
+      class_loss=self.class_loss,
+    )
+
+  def loss(self, outputs: jax.Array, batch: Batch) -> jax.Array:
+    return self._terms(outputs, batch)['loss'].mean()
+
+  def train_metrics(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    terms = self._terms(outputs, batch)
+    count = lax.psum(outputs.shape[0], AXIS)
+    return {
+      f'{k}_loss': lax.psum(jnp.sum(v), AXIS) / count for k, v in terms.items() if k != 'loss'
+    }
+
+  def eval_sums(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    mask = batch['mask']
+    return {'loss': jnp.sum(self._terms(outputs, batch)['loss'] * mask), 'count': jnp.sum(mask)}
+
+  def eval_rows(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    return {
+      'outputs': outputs,
+      'boxes': batch['boxes'],
+      'classes': batch['classes'],
+      'mask': batch['mask'],
+    }
+
+  def detect(self, outputs: Any) -> list[detection.Detections]:
+    """Raw outputs (B, S_h, S_w, A, 5 + C) -> per-image detections after per-class NMS."""
+    return detection.decode_outputs(
+      outputs,
+      anchors=self.anchors,
+      iou_threshold=self.iou_threshold,
+      score_threshold=self.score_threshold,
+    )
+
+  def finalize(self, totals: dict[str, Any]) -> dict[str, float]:
+    rows = _valid_rows(totals)
+    found = self.detect(rows['outputs'])
+    result = detection.mean_average_precision(
+      found,
+      list(zip(rows['boxes'], rows['classes'], strict=True)),
+      num_classes=self.num_classes,
+      iou_threshold=self.iou_threshold,
+    )
+    out = {
+      'map50': result['mean_ap'],
+      'loss': float(totals['loss']) / max(float(totals['count']), 1.0),
+      'detections_per_image': float(np.mean([len(d.scores) for d in found])),
+    }
+    for c, ap in enumerate(result['per_class_ap']):
+      out[f'ap50_class{c}'] = float(ap)  # NaN: no object of the class in the eval set
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Triplet:
+  """Metric learning with the triplet loss (cnn_jax/metric_learning.py) for one-shot recognition.
+
+  The model is an encoder f(x) (models 'encoder*'); the loss is the in-batch triplet loss with
+  `margin` (the notes' alpha) over the triplets that `mining` picks ('all', 'hard': batch hard,
+  'semi-hard': FaceNet's) among each device's examples, labels as classes. Evaluation, on the
+  host, from every eval example's embedding: eval labels below `num_classes` are the training
+  classes (seen), the others the held-out classes (config.held_out_classes, never trained on).
+  The verification threshold is the one that separates same/different pairs of the seen classes
+  best (metric_learning.best_threshold); one-shot recognition and verification are then measured
+  on the held-out classes with one reference image each, drawn `trials` times (seeds 0, 1, ...):
+  the means over the draws are reported.
+  """
+
+  num_classes: int  # the training (seen) classes
+  margin: float = 0.2
+  mining: str = 'semi-hard'
+  squared: bool = True
+  trials: int = 20
+  primary_metric: str = 'one_shot_accuracy'
+
+  def _sums(self, embeddings: jax.Array, batch: Batch) -> metric_learning.TripletSums:
+    return metric_learning.triplet_mining_sums(
+      embeddings,
+      batch['label'],
+      margin=self.margin,
+      mining=self.mining,
+      squared=self.squared,
+      mask=batch.get('mask'),
+    )
+
+  def loss(self, embeddings: jax.Array, batch: Batch) -> jax.Array:
+    sums = self._sums(embeddings, batch)
+    return sums.loss_sum / jnp.maximum(sums.count, 1.0)
+
+  def train_metrics(self, embeddings: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    sums = lax.psum(self._sums(embeddings, batch), AXIS)
+    return {'active_fraction': sums.num_active / jnp.maximum(sums.num_valid, 1.0)}
+
+  def eval_sums(self, embeddings: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    return {'count': jnp.sum(batch['mask'])}
+
+  def eval_rows(self, embeddings: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    return {'embedding': embeddings, 'label': batch['label'], 'mask': batch['mask']}
+
+  def finalize(self, totals: dict[str, Any]) -> dict[str, float]:
+    rows = _valid_rows(totals)
+    emb, labels = rows['embedding'].astype(np.float64), rows['label']
+    seen = labels < self.num_classes
+    out = {}
+    if seen.sum() >= 2:
+      d, same = metric_learning.pair_distances(emb[seen], labels[seen], squared=self.squared)
+      threshold, out['seen_verification_accuracy'] = metric_learning.best_threshold(d, same)
+      out['threshold'] = threshold
+    held_out = np.unique(labels[~seen])
+    if held_out.size < 2 or 'threshold' not in out:
+      return out  # no one-shot evaluation without held-out classes (config.held_out_classes)
+    results = []
+    for trial in range(self.trials):
+      refs, queries = metric_learning.one_shot_split(labels, held_out.tolist(), seed=trial)
+      results.append(
+        metric_learning.one_shot_evaluation(
+          emb[refs],
+          labels[refs],
+          emb[queries],
+          labels[queries],
+          threshold=out['threshold'],
+          squared=self.squared,
+        )
+      )
+    for key in results[0]:
+      values = np.array([r[key] for r in results])
+      out[key] = float(np.mean(values))
+      if key == 'one_shot_accuracy':
+        out['one_shot_accuracy_std'] = float(np.std(values))
+    out['held_out_classes'] = int(held_out.size)
+    return out
+
+
+def create(
+  config: ml_collections.ConfigDict, spec: Any, num_classes: int, model: Any = None
+) -> Task:
+  """The task of a dataset (its spec's 'classification' | 'segmentation' | 'detection') with
+  config options; `model` (the run's) gives detection its grid and anchors."""
   task = getattr(spec, 'task', 'classification')
+  if task == 'detection':
+    det = config.get('detection', ml_collections.ConfigDict())
+    shape = (config.image_size, config.image_size, config.image_channels)
+    return Detection(
+      num_classes,
+      grid=model.grid_shape(shape),
+      anchors=tuple(tuple(float(v) for v in a) for a in model.anchors),
+      box_weight=det.get('box_weight', 1.0),
+      no_object_weight=det.get('no_object_weight', 1.0),
+      class_loss=det.get('class_loss', 'squared'),
+      iou_threshold=det.get('iou_threshold', 0.5),
+      score_threshold=det.get('score_threshold', 0.01),
+    )
+  if task == 'classification' and config.get('triplet') is not None:
+    t = config.triplet
+    if t.mining not in metric_learning.MINING or not t.margin >= 0 or t.trials < 1:
+      raise UserError(
+        f'config.triplet: mining={t.mining!r}, margin={t.margin}, trials={t.trials}; expected '
+        f'mining one of {", ".join(metric_learning.MINING)}, margin >= 0, trials >= 1'
+      )
+    return Triplet(
+      num_classes, margin=t.margin, mining=t.mining, squared=t.squared, trials=t.trials
+    )
   if task == 'classification':
     self_training = config.get('noisy_student')
     if self_training is not None and self_training.get('pseudo_labels'):
@@ -349,9 +569,13 @@ def create(config: ml_collections.ConfigDict, spec: Any, num_classes: int) -> Ta
 
 
 __all__ = [
+  'ROWS',
   'Batch',
   'CRFOptions',
   'Classification',
+  'Detection',
+  'Triplet',
+  'prepare',
   'Segmentation',
   'Task',
   'create',

@@ -125,11 +125,16 @@ def train_step(
 def eval_step(
   state: TrainState, batch: dict[str, jax.Array], *, model: flax.linen.Module, task: tasks.Task
 ) -> Metrics:
-  """The task's sums over this batch (padding masked out), summed over devices."""
+  """The task's sums over this batch (padding masked out), summed over devices; and, for a task
+  with `eval_rows`, its per-example rows of the whole global batch under tasks.ROWS."""
   logits = model.apply(
     {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], train=False
   )
-  return lax.psum(task.eval_sums(logits, batch), AXIS)
+  out = lax.psum(task.eval_sums(logits, batch), AXIS)
+  if hasattr(task, 'eval_rows'):
+    # Gathered in device order, which is the global batch's order: the same on every device.
+    out[tasks.ROWS] = lax.all_gather(task.eval_rows(logits, batch), AXIS, tiled=True)
+  return out
 
 
 def fingerprint(params: PyTree, batch_stats: PyTree) -> str:
@@ -247,11 +252,18 @@ def build(
   parallel.check_batch_size('config.batch_size', config.batch_size, runner.num_devices)
   parallel.check_batch_size('config.eval_batch_size', config.eval_batch_size, runner.num_devices)
   data = data_lib.load(config.dataset, config.data_dir or None)
+  held_out = tuple(config.get('held_out_classes', ()))
+  if held_out and config.get('triplet') is None:
+    raise UserError(
+      'config.held_out_classes is for metric learning (config.triplet, configs/triplet.py): a '
+      'classifier cannot score classes it has no output for; leave it at ()'
+    )
   data = data_lib.class_subset(
     data,
     config.get('data_classes', ()),
     config.get('train_examples_per_class', -1),
     seed=config.seed,
+    held_out=held_out,
   )
   if config.get('skip_corrupt_images', False):
     data = data_lib.drop_corrupt_images(data)
@@ -282,14 +294,7 @@ def build(
       f"config.model.num_classes={num_classes} but dataset '{config.dataset}' has "
       f'{data.num_classes} classes; set it to {data.num_classes} (or -1: take it from the data)'
     )
-  task = getattr(data.spec, 'task', 'classification')
-  if models.is_segmentation(config.model.name) != (task == 'segmentation'):
-    kind = 'per-pixel' if models.is_segmentation(config.model.name) else 'per-image'
-    raise UserError(
-      f"model '{config.model.name}' gives {kind} logits but dataset '{config.dataset}' is a "
-      f'{task} dataset; pick a model and dataset of the same task (configs/unet.py, '
-      'configs/fcn.py, configs/deeplab.py for segmentation)'
-    )
+  _check_model_kind(config, data.spec)
   model = create_model(config, num_classes)
   check_input_size(model, config)
   steps_per_epoch = max(len(data.train) // config.batch_size, 1)
@@ -301,6 +306,7 @@ def build(
   tx = transfer.freeze(optim.create_optimizer(config.optimizer, schedule), config.get('freeze', ''))
   if config.get('init_from') is not None and config.init_from.path:
     transfer.check_source(config.init_from)
+  task = tasks.create(config, data.spec, num_classes, model)
   teacher = _build_teacher(config, workdir, num_classes, devices) if 'distill' in config else None
   _create_workdir(workdir)  # only once the config, data and teacher are known to be good
   return Experiment(
@@ -309,7 +315,7 @@ def build(
     data,
     model,
     num_classes,
-    tasks.create(config, data.spec, num_classes),
+    task,
     steps_per_epoch,
     num_steps,
     schedule,
@@ -318,6 +324,39 @@ def build(
     teacher,
     pool,
     pseudo,
+  )
+
+
+# What each kind of model returns, and the configs that train one.
+_KIND_OUTPUTS = {
+  'classification': ('per-image logits', 'configs/resnet.py, configs/vgg.py, ...'),
+  'segmentation': ('per-pixel logits', 'configs/unet.py, configs/fcn.py, configs/deeplab.py'),
+  'detection': ('detection outputs', 'configs/yolo.py'),
+  'embedding': ('embeddings', 'configs/triplet.py'),
+}
+
+
+def _check_model_kind(config: ml_collections.ConfigDict, spec: Any) -> None:
+  """The model's outputs must be what the run's task learns from (models.output_kind)."""
+  task = getattr(spec, 'task', 'classification')
+  wanted = task
+  if task == 'classification' and config.get('triplet') is not None:
+    wanted = 'embedding'
+  kind = models.output_kind(config.model.name)
+  if kind == wanted:
+    return
+  gives, _ = _KIND_OUTPUTS[kind]
+  needs, where = _KIND_OUTPUTS[wanted]
+  run = 'a metric-learning (config.triplet) run' if wanted == 'embedding' else 'dataset'
+  if wanted != 'embedding':
+    run = f"dataset '{config.dataset}' is a {task} dataset and"
+    raise UserError(
+      f"model '{config.model.name}' gives {gives} but {run} needs {needs}; pick a model and "
+      f'dataset of the same task ({where})'
+    )
+  raise UserError(
+    f"model '{config.model.name}' gives {gives} but {run} needs {needs}; use an encoder model "
+    f'({where})'
   )
 
 
@@ -557,7 +596,7 @@ def starting_state(exp: Experiment) -> TrainState:
 def evaluate(exp: Experiment, state: TrainState, eval_fn) -> dict[str, float]:
   """Loss and accuracy over the whole eval split (each example counted once)."""
   config = exp.config
-  totals = None
+  totals, rows = None, []
   for batch in data_lib.eval_iterator(
     exp.data,
     global_batch=config.eval_batch_size,
@@ -566,9 +605,14 @@ def evaluate(exp: Experiment, state: TrainState, eval_fn) -> dict[str, float]:
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   ):
-    sums = eval_fn(state, exp.runner.put_batch(batch))
+    sums = eval_fn(state, exp.runner.put_batch(tasks.prepare(exp.task, batch)))
+    if tasks.ROWS in sums:  # per-example rows: to the host, concatenated after the loop
+      rows.append(exp.runner.get_output(sums.pop(tasks.ROWS)))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return exp.task.finalize(exp.runner.get_output(totals))
+  totals = exp.runner.get_output(totals)
+  if rows:
+    totals[tasks.ROWS] = jax.tree.map(lambda *r: np.concatenate(r), *rows)
+  return exp.task.finalize(totals)
 
 
 class _Preemption:
@@ -688,6 +732,29 @@ def _write_overlays(exp: Experiment, state: TrainState, path: str, count: int = 
     predictions,
     num_classes=exp.num_classes,
     ignore_label=exp.task.ignore_label,
+    mean=exp.data.spec.mean,
+    std=exp.data.spec.std,
+  )
+
+
+def _write_boxes(exp: Experiment, state: TrainState, path: str, count: int = 8) -> None:
+  """The first `count` eval images with their true boxes and the detections, as one PNG."""
+  from cnn_jax import overlays
+
+  config = exp.config
+  batch = next(
+    data_lib.eval_iterator(
+      exp.data, global_batch=count, image_size=config.image_size, channels=config.image_channels
+    )
+  )
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  outputs = jax.jit(functools.partial(exp.model.apply, train=False))(variables, batch['image'])
+  overlays.save_boxes(
+    path,
+    batch['image'],
+    batch['boxes'],
+    batch['classes'],
+    exp.task.detect(np.asarray(outputs)),
     mean=exp.data.spec.mean,
     std=exp.data.spec.std,
   )
@@ -825,7 +892,8 @@ def _train(
   )
   with bar, _Preemption() as preemption:  # the bar closes before an error is printed
     for step in range(start_step + 1, exp.num_steps + 1):
-      state, metrics = step_fn(state, runner.put_batch(next(batches)), *consts)
+      batch = runner.put_batch(tasks.prepare(exp.task, next(batches)))
+      state, metrics = step_fn(state, batch, *consts)
       # Wait for the previous step, not this one: the device always has the next step queued,
       # while the host stays at most one step ahead (bounded memory, an honest progress bar).
       if history:
@@ -868,6 +936,8 @@ def _train(
   final = evaluate(exp, state, eval_fn)
   if primary and isinstance(exp.task, tasks.Segmentation):
     _write_overlays(exp, host_state, os.path.join(workdir, 'overlays.png'))
+  if primary and isinstance(exp.task, tasks.Detection):
+    _write_boxes(exp, host_state, os.path.join(workdir, 'boxes.png'))
   writer.write(exp.num_steps, 'test', final)
   writer.close()
   ckpt.close()

@@ -21,6 +21,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # a stratified draw from config.seed (-1 = all).
   config.data_classes = ()
   config.train_examples_per_class = -1
+  # Metric learning (configs/triplet.py): classes never trained on whose test examples join the
+  # eval split, for one-shot evaluation (needs data_classes).
+  config.held_out_classes = ()
 
   config.model = ml_collections.ConfigDict()
   config.model.name = ''

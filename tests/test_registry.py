@@ -32,7 +32,8 @@ SIBLINGS = (
 TRACED = [
   n
   for n in models.list_models()
-  if not any(fnmatch.fnmatch(n, p) for p in SIBLINGS) and not models.is_segmentation(n)
+  if not any(fnmatch.fnmatch(n, p) for p in SIBLINGS)
+  and models.output_kind(n) == 'classification'  # segmentation, detection, embedding: own files
 ]
 
 

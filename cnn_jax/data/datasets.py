@@ -36,7 +36,8 @@ class DatasetSpec:
   num_classes: int = 0  # known without opening the data (0: read it from the data)
   how_to_prepare: str = ''
   # Segmentation only (task='segmentation'): batches carry a per-pixel label map.
-  task: str = 'classification'  # | 'segmentation'
+  # Detection (task='detection'): batches carry up to max_boxes boxes and classes per image.
+  task: str = 'classification'  # | 'segmentation' | 'detection'
   mask_feature: str = ''  # the tfds feature holding the label map (an encoded 1-channel image)
   # Stored mask value v -> label label_map[v]; values past the table -> ignore_label.
   # Empty: v itself for v < num_classes, ignore_label above.
@@ -50,10 +51,20 @@ class DatasetSpec:
   # default, its CIFAR range 10 px at 32 px for small images.
   fill: float = 0.5
   max_translate: float = 150 / 331
+  # Detection only: how a record's objects are stored ('digit_scenes': digit_boxes (top, left,
+  # side) in pixels of the 64 px canvas and digit_labels, -1 unused; 'tfds_objects': tfds's
+  # objects/bbox (y_min, x_min, y_max, x_max) in [0, 1] and objects/label, as in 'voc'), and how
+  # many boxes a batch row holds (images with more keep the first max_boxes).
+  boxes_format: str = ''
+  max_boxes: int = 0
 
   @property
   def segmentation(self) -> bool:
     return self.task == 'segmentation'
+
+  @property
+  def detection(self) -> bool:
+    return self.task == 'detection'
 
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -141,6 +152,38 @@ DATASETS: dict[str, DatasetSpec] = {
     flip=False,
     scale_range=(0.75, 1.25),
   ),
+  # Detection on the same scenes (digit_scenes.py): each digit's box and class (10 classes, no
+  # background class), up to 3 per image. Resized only: no augmentation moves the boxes.
+  'digit_boxes': DatasetSpec(
+    'digit_scenes',
+    'train',
+    'test',
+    (0.0813,),
+    (0.1837,),
+    'none',
+    'resize',
+    10,
+    task='detection',
+    flip=False,
+    boxes_format='digit_scenes',
+    max_boxes=3,
+  ),
+  # PASCAL VOC 2007 detection (tfds 'voc/2007': trainval 5,011 / test 4,952 images, 20 classes);
+  # 'difficult' objects count as ordinary ones. Images hold at most 42 objects.
+  'voc': DatasetSpec(
+    'voc/2007',
+    'train+validation',
+    'test',
+    _IMAGENET_MEAN,
+    _IMAGENET_STD,
+    'none',
+    'resize',
+    20,
+    how_to_prepare=_TFDS_BUILD,
+    task='detection',
+    boxes_format='tfds_objects',
+    max_boxes=42,
+  ),
   # Trimaps stored 1 = pet, 2 = background, 3 = border (unsure): background 0, pet 1, and the
   # border ignored (255), the usual practice (its pixels are neither, by the annotators' own mark).
   # 3,680 trainval / 3,669 test images of varying size.
@@ -163,9 +206,35 @@ DATASETS: dict[str, DatasetSpec] = {
 # Names people ask for that tfds has no segmentation builder for (tfds 4.9): a clear answer
 # instead of "unknown dataset".
 UNAVAILABLE = {
-  'voc': "tfds's 'voc' (2007, 2012) holds detection boxes only, no segmentation masks "
-  '(no tfds builder has SegmentationClass); for segmentation use digit_scenes or oxford_iiit_pet',
+  'voc_segmentation': "tfds's 'voc' (2007, 2012) holds detection boxes only, no segmentation "
+  "masks (no tfds builder has SegmentationClass); use 'voc' for detection, digit_scenes or "
+  'oxford_iiit_pet for segmentation',
 }
+
+
+def object_rows(spec: DatasetSpec, record: dict[str, Any]) -> np.ndarray:
+  """A detection record's objects as (spec.max_boxes, 5) float32 rows (y_min, x_min, y_max,
+  x_max, class), boxes as fractions of the image, class -1 (and a zero box) for unused rows."""
+  rows = np.zeros((spec.max_boxes, 5), np.float32)
+  rows[:, 4] = -1
+  if spec.boxes_format == 'digit_scenes':
+    from cnn_jax.data.digit_scenes import SIZE
+
+    boxes = np.asarray(record['digit_boxes'], np.float32).reshape(-1, 3)
+    classes = np.asarray(record['digit_labels']).reshape(-1)
+    used = classes >= 0
+    top, left, side = boxes[used].T / SIZE
+    found = np.stack([top, left, top + side, left + side, classes[used]], -1)
+  elif spec.boxes_format == 'tfds_objects':
+    objects = record['objects']
+    bbox = np.asarray(objects['bbox'], np.float32).reshape(-1, 4)
+    found = np.concatenate([bbox, np.asarray(objects['label'], np.float32).reshape(-1, 1)], -1)
+  else:
+    raise ValueError(f'unknown boxes_format {spec.boxes_format!r}')
+  found = found[: spec.max_boxes]
+  rows[: len(found)] = found
+  return rows
+
 
 _FOLDER_SPEC = DatasetSpec(
   'image_folder',
@@ -264,9 +333,9 @@ def labeled_split(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, S
     )
   if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
     raise UserError(f'labelled split seed {seed!r}: give a whole number >= 0')
-  if data.spec.segmentation:
+  if data.spec.task != 'classification':
     raise UserError(
-      f"dataset '{data.name}' is a segmentation dataset: a labelled/unlabelled split needs "
+      f"dataset '{data.name}' is a {data.spec.task} dataset: a labelled/unlabelled split needs "
       'per-image class labels; use a classification dataset'
     )
   labels = source_labels(data.train)
@@ -294,13 +363,32 @@ class Relabelled(Subset):
     return [{**r, 'label': self.new_label[int(r['label'])]} for r in super().__getitems__(indices)]
 
 
-def _check_class_subset(data: Dataset, classes: Any, per_class: Any, seed: Any) -> None:
+def _check_class_subset(
+  data: Dataset, classes: Any, per_class: Any, seed: Any, held_out: Any = ()
+) -> None:
   """class_subset's arguments, checked before any label is read."""
   field = 'config.data_classes'
-  if isinstance(classes, str | bytes) or not isinstance(classes, Sequence):
+  for name, value in ((field, classes), ('config.held_out_classes', held_out)):
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+      raise UserError(
+        f'{name}={value!r}: give a tuple of class ids, e.g. (5, 6, 7, 8, 9), or () for none'
+      )
+  if held_out and not classes:
     raise UserError(
-      f'{field}={classes!r}: give a tuple of class ids, e.g. (5, 6, 7, 8, 9), or () for all'
+      f'config.held_out_classes={tuple(held_out)!r} needs config.data_classes: the classes to '
+      'train on, e.g. (0, 1, 2, 3, 4, 5)'
     )
+  for c in held_out:
+    if isinstance(c, bool) or not isinstance(c, numbers.Integral) or not 0 <= c < data.num_classes:
+      raise UserError(
+        f'config.held_out_classes={tuple(held_out)!r}: {c!r} is not a class id of dataset '
+        f"'{data.name}' (0..{data.num_classes - 1}); list ids from that range"
+      )
+    if c in classes or list(held_out).count(c) > 1:
+      raise UserError(
+        f'config.held_out_classes={tuple(held_out)!r}: class {c} is listed twice or also in '
+        'config.data_classes; a held-out class is one the run never trains on'
+      )
   if (
     isinstance(per_class, bool)
     or not isinstance(per_class, numbers.Integral)
@@ -312,9 +400,9 @@ def _check_class_subset(data: Dataset, classes: Any, per_class: Any, seed: Any) 
     )
   if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
     raise UserError(f'class subset seed {seed!r}: give a whole number >= 0')
-  if (classes or per_class != -1) and data.spec.segmentation:
+  if (classes or per_class != -1) and data.spec.task != 'classification':
     raise UserError(
-      f"dataset '{data.name}' is a segmentation dataset: config.data_classes and "
+      f"dataset '{data.name}' is a {data.spec.task} dataset: config.data_classes and "
       'config.train_examples_per_class need per-image class labels; leave them at () and -1'
     )
   for c in classes:
@@ -334,7 +422,11 @@ def _check_class_subset(data: Dataset, classes: Any, per_class: Any, seed: Any) 
 
 
 def class_subset(
-  data: Dataset, classes: Sequence[int] = (), per_class: int = -1, seed: int = 0
+  data: Dataset,
+  classes: Sequence[int] = (),
+  per_class: int = -1,
+  seed: int = 0,
+  held_out: Sequence[int] = (),
 ) -> Dataset:
   """`data` with only some classes, and/or only some training examples of each.
 
@@ -349,6 +441,9 @@ def class_subset(
       from (seed, the class's id in `data`), as labeled_split draws; -1 keeps them all. The
       eval split always keeps every example of the kept classes.
     seed: of the draw (the run's config.seed: each seed labels other examples).
+    held_out: classes never trained on whose eval examples join the eval split, labelled
+      len(classes) .. len(classes) + len(held_out) - 1 in the order given (one-shot learning:
+      config.held_out_classes); needs `classes`.
 
   Returns:
     `data` itself when classes is () and per_class -1; else a copy whose splits list their
@@ -358,7 +453,7 @@ def class_subset(
     UserError: an id outside the dataset's classes, one listed twice, a single class, a count
       that is not -1 or >= 1 or is more than a kept class holds, a segmentation dataset.
   """
-  _check_class_subset(data, classes, per_class, seed)
+  _check_class_subset(data, classes, per_class, seed, held_out)
   if not classes and per_class == -1:
     return data
   kept = [int(c) for c in classes] or list(range(data.num_classes))
@@ -379,8 +474,8 @@ def class_subset(
   train_indices = np.sort(np.concatenate(chosen))
   if not classes:  # every class, labels unchanged: only the train split shrinks
     return dataclasses.replace(data, train=Subset(data.train, train_indices))
-  new_label = {c: i for i, c in enumerate(kept)}
-  eval_indices = np.flatnonzero(np.isin(source_labels(data.eval), kept))
+  new_label = {c: i for i, c in enumerate([*kept, *(int(c) for c in held_out)])}
+  eval_indices = np.flatnonzero(np.isin(source_labels(data.eval), list(new_label)))
   return dataclasses.replace(
     data,
     train=Relabelled(data.train, train_indices, new_label),
@@ -411,8 +506,8 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
       f"or '{FOLDER_PREFIX}/path' for a folder of images (one sub-folder per class)"
     )
   spec = DATASETS[name]
-  if name in _LOCAL_BUILDERS:
-    builder = _prepare_local(name, data_dir)
+  if spec.tfds_name in _LOCAL_BUILDERS:
+    builder = _prepare_local(spec.tfds_name, data_dir)
   else:
     # Checked by hand first: tfds warns about a missing folder before it says "not prepared".
     present = os.path.isdir(os.path.join(data_dir, spec.tfds_name))
@@ -442,7 +537,9 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
     spec=spec,
     train=train,
     eval=eval_,
-    num_classes=spec.num_classes if spec.segmentation else features['label'].num_classes,
+    num_classes=spec.num_classes
+    if spec.task != 'classification'
+    else features['label'].num_classes,
     channels=features['image'].shape[-1],
   )
 

@@ -11,6 +11,10 @@ example, 0 for eval padding. Classification adds 'label' (B,) int32. Segmentatio
 (spec.task == 'segmentation') add 'segmentation' (B, S, S) int32 instead: the class of each pixel,
 or spec.ignore_label (255) for pixels that no loss or metric should count (borders the dataset
 marks as unsure, pixels brought in by augmentation padding, every pixel of a padded eval example).
+Detection datasets (spec.task == 'detection') add 'boxes' (B, M, 4) float32, (y_min, x_min, y_max,
+x_max) as fractions of the image, and 'classes' (B, M) int32, -1 on the rows no object fills
+(M = spec.max_boxes); their images are resized, never augmented (a crop or flip would have to move
+the boxes too).
 
 Classification training augments each image with the dataset's default (spec.train_augment: a
 random crop, a mirror image unless it is a digit) or with `augment` options that switch the crop,
@@ -35,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from cnn_jax.data import randaugment as randaugment_lib
-from cnn_jax.data.datasets import Dataset, DatasetSpec, Source, Subset
+from cnn_jax.data.datasets import Dataset, DatasetSpec, Source, Subset, object_rows
 from cnn_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -103,6 +107,12 @@ def augment_options(spec: DatasetSpec, augment: Any = None) -> AugmentOptions:
       f'config.augment.{next(iter(chosen))} is set, but the segmentation dataset '
       f"'{spec.tfds_name}' is augmented by its own random rescale and crop (the image and its "
       'label map together); leave config.augment unset (None)'
+    )
+  if spec.detection and chosen:
+    raise UserError(
+      f'config.augment.{next(iter(chosen))} is set, but the detection dataset '
+      f"'{spec.tfds_name}' is not augmented (a crop or flip would have to move its boxes); leave "
+      'config.augment unset (None)'
     )
   for name in ('crop', 'flip'):
     if name in chosen and not isinstance(chosen[name], bool | np.bool_):
@@ -339,6 +349,29 @@ def preprocess_segmentation(
   return image, tf.ensure_shape(labels, (image_size, image_size))
 
 
+def preprocess_detection(
+  encoded: tf.Tensor,
+  objects: tf.Tensor,
+  seed: tf.Tensor,
+  *,
+  spec: DatasetSpec,
+  stored_channels: int,
+  image_size: int,
+  channels: int,
+  train: bool,
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """Decodes an image, resizes it to image_size (train and eval alike), normalises it; its
+  object rows (M, 5) (boxes as fractions of the image, which a resize leaves as they are) pass
+  through."""
+  del seed, train  # no augmentation: see the module docstring
+  image = tf.io.decode_image(encoded, channels=stored_channels, expand_animations=False)
+  image = tf.image.convert_image_dtype(image, tf.float32)  # [0, 1]
+  image = tf.image.resize(image, (image_size, image_size), antialias=True)
+  image = (image - spec.mean) / spec.std
+  image = _to_channels(image, stored_channels, channels, image_size)
+  return image, objects
+
+
 def _batches(
   source: Source,
   positions_of_step: Callable[[int], np.ndarray],
@@ -346,7 +379,7 @@ def _batches(
   steps: range,
   local_batch: int,
   n: int,
-  label_key: str = 'label',
+  label_key: str | Callable[[dict[str, Any]], np.ndarray] = 'label',
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
   for step in steps:
     positions = positions_of_step(step)
@@ -354,7 +387,9 @@ def _batches(
     indices = index_of(np.where(mask, positions, 0))
     records = source.__getitems__(indices.tolist())
     images = np.array([r['image'] for r in records], dtype=object)
-    if label_key == 'label':
+    if callable(label_key):  # detection: each record's object rows
+      labels = np.stack([label_key(r) for r in records]).astype(np.float32)
+    elif label_key == 'label':
       labels = np.array([r['label'] for r in records], dtype=np.int64)
     else:  # an encoded label map
       labels = np.array([r[label_key] for r in records], dtype=object)
@@ -366,12 +401,17 @@ def _to_tf(
   local_batch: int,
   preprocess_fn: Callable,
   seed: int,
-  segmentation: bool = False,
+  spec: DatasetSpec | None = None,
   stream: int = 0,
 ) -> tf.data.Dataset:
+  task = spec.task if spec is not None else 'classification'
+  if task == 'detection':
+    label_spec = tf.TensorSpec([local_batch, spec.max_boxes, 5], tf.float32)
+  else:
+    label_spec = tf.TensorSpec([local_batch], tf.string if task == 'segmentation' else tf.int64)
   signature = (
     tf.TensorSpec([local_batch], tf.string),
-    tf.TensorSpec([local_batch], tf.string if segmentation else tf.int64),
+    label_spec,
     tf.TensorSpec([local_batch], tf.int64),
     tf.TensorSpec([local_batch], tf.float32),
   )
@@ -380,9 +420,13 @@ def _to_tf(
     seed_ = tf.stack([tf.constant(seed, tf.int64), position])
     if stream:
       seed_ = tf.random.experimental.stateless_fold_in(seed_, stream)
-    if segmentation:
+    if task == 'segmentation':
       image, label = preprocess_fn(image, label, mask, seed_)
       return {'image': image, 'segmentation': label, 'mask': mask}
+    if task == 'detection':
+      image, objects = preprocess_fn(image, label, seed_)
+      classes = tf.cast(objects[:, 4], tf.int32)
+      return {'image': image, 'boxes': objects[:, :4], 'classes': classes, 'mask': mask}
     image, label = preprocess_fn(image, label, seed_)
     return {'image': image, 'label': label, 'mask': mask}
 
@@ -399,7 +443,11 @@ def _local_slice(global_batch: int, process_index: int, process_count: int) -> n
   return process_index * local + np.arange(local)
 
 
-def _label_key(data: Dataset) -> str:
+def _label_key(data: Dataset) -> str | Callable[[dict[str, Any]], np.ndarray]:
+  """What `_batches` reads as each record's label: 'label', the label map's feature, or (for
+  detection) a function giving the record's object rows."""
+  if data.spec.detection:
+    return functools.partial(object_rows, data.spec)
   return data.spec.mask_feature if data.spec.segmentation else 'label'
 
 
@@ -409,10 +457,10 @@ def _check_randaugment(
   """(N, M) checked, or None when off (None or empty)."""
   if randaugment is None or (isinstance(randaugment, (tuple, list)) and not randaugment):
     return None
-  if data.spec.segmentation:
+  if data.spec.task != 'classification':
     raise UserError(
-      f"RandAugment is not supported for segmentation dataset '{data.name}' (its geometric ops "
-      'would have to move the label map too); turn it off (randaugment None or ())'
+      f"RandAugment is not supported for {data.spec.task} dataset '{data.name}' (its geometric "
+      'ops would have to move the labels too); turn it off (randaugment None or ())'
     )
   if not isinstance(randaugment, (tuple, list)) or len(randaugment) != 2:
     raise UserError(f'randaugment {randaugment!r}: give (N, M), e.g. (2, 9.0)')
@@ -439,10 +487,11 @@ def _preprocess_fn(
   augment: AugmentOptions | None = None,
 ) -> Callable:
   kwargs = {'randaugment': randaugment} if randaugment else {}
-  if augment is not None and not data.spec.segmentation:
+  if augment is not None and data.spec.task == 'classification':
     kwargs['augment'] = augment
+  fn = {'segmentation': preprocess_segmentation, 'detection': preprocess_detection}
   return functools.partial(
-    preprocess_segmentation if data.spec.segmentation else preprocess,
+    fn.get(data.spec.task, preprocess),
     spec=data.spec,
     stored_channels=data.channels,
     image_size=image_size,
@@ -456,7 +505,7 @@ def _decode_error(record: dict[str, Any], stored_channels: int, label_key: str) 
   """Why `record`'s image (or label map) does not decode, in one short line; None if it does."""
   try:
     tf.io.decode_image(record['image'], channels=stored_channels, expand_animations=False)
-    if label_key != 'label':
+    if isinstance(label_key, str) and label_key != 'label':
       tf.io.decode_png(record[label_key], channels=1)
   except tf.errors.OpError as e:
     reason = re.sub(r'\{\{.*?\}\}\s*', '', e.message)  # TF's '{{function_node ...}}' noise
@@ -586,7 +635,7 @@ def train_iterator(
     randaugment=randaugment,
     augment=options,
   )
-  batches = _to_tf(gen, len(mine), pre, seed, data.spec.segmentation).as_numpy_iterator()
+  batches = _to_tf(gen, len(mine), pre, seed, data.spec).as_numpy_iterator()
   index = _TrainIndex(seed, n)
   steps = range(start_step, num_steps)
   return _name_corrupt_images(
@@ -628,7 +677,7 @@ def eval_iterator(
     _label_key(data),
   )
   pre = _preprocess_fn(data, image_size=image_size, channels=channels, train=False)
-  batches = _to_tf(gen, len(mine), pre, 0, data.spec.segmentation).as_numpy_iterator()
+  batches = _to_tf(gen, len(mine), pre, 0, data.spec).as_numpy_iterator()
   steps = range(eval_steps(data, global_batch, source))
   split = 'eval' if source is data.eval else 'train'  # the pool: a part of the train split
   indices = lambda s: np.minimum(s * global_batch + mine, n - 1)  # noqa: E731 (padding: n - 1)
@@ -718,7 +767,7 @@ def self_training_iterator(
     pseudo rows; 'mask' (b + u,) float32 ones.
   """
   randaugment = _check_randaugment(randaugment, data)
-  if data.spec.segmentation:
+  if data.spec.task != 'classification':
     raise UserError(f"self-training needs a classification dataset, not '{data.name}'")
   options = augment_options(data.spec, augment)
   pseudo_indices = np.asarray(pseudo_indices).reshape(-1)

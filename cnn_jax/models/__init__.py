@@ -28,6 +28,46 @@ from cnn_jax.models.squeezenet import squeezenet, squeezenet_tiny
 from cnn_jax.models.unet import unet, unet_tiny, unet_valid
 from cnn_jax.models.vgg import vgg, vgg_tiny
 
+
+def yolo(**kwargs: Any) -> nn.Module:
+  """cnn_jax.detection.YOLO: a conv detection head on a registered backbone (module fields)."""
+  from cnn_jax.detection import YOLO  # imports this registry for its backbone
+
+  return YOLO(**kwargs)
+
+
+def yolo_tiny(**kwargs: Any) -> nn.Module:
+  """YOLO on a small ResNet with the ImageNet stem (stride 8 at 'stage2': an 8x8 grid at 64 px,
+  the digit_boxes scenes), one 2.5-cell anchor (the scenes' digits are 16-24 px), 3x3 head."""
+  defaults = dict(
+    num_classes=10,
+    backbone='resnet_tiny',
+    backbone_kwargs={'stem': 'imagenet', 'widths': (16, 32, 64)},
+    feature='stage2',
+    anchors=((2.5, 2.5),),
+    head_kernel_size=3,
+  )
+  return yolo(**(defaults | kwargs))
+
+
+def encoder(*, backbone: str = 'resnet20', num_classes: int = 0, **kwargs: Any) -> nn.Module:
+  """cnn_jax.metric_learning.encoder: f(x), an embedding on a registered classifier backbone.
+
+  Keyword fields of `metric_learning.encoder` (embedding_dim, normalize, feature, dtype) and of
+  the backbone (norm_axis_name, widths, ...). num_classes is not the encoder's: it is accepted,
+  as every registered model takes it, and left unused (the embedding has no classes).
+  """
+  del num_classes
+  from cnn_jax import metric_learning
+
+  return metric_learning.encoder(backbone, **kwargs)
+
+
+def encoder_tiny(**kwargs: Any) -> nn.Module:
+  """An encoder on resnet_tiny with a 16-dimensional embedding, for tests."""
+  return encoder(**({'backbone': 'resnet_tiny', 'embedding_dim': 16} | kwargs))
+
+
 # name -> constructor; keyword arguments of `create` go to the constructor (module fields).
 _MODELS: dict[str, Callable[..., nn.Module]] = {
   'lenet5': LeNet5,
@@ -112,10 +152,19 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
   'unet_tiny': unet_tiny,
   'deeplab_tiny': deeplab_tiny,
   'deeplabv3plus_tiny': deeplabv3plus_tiny,
+  # Detection (cnn_jax/detection.py): raw YOLO outputs (B, S_h, S_w, anchors, 5 + classes).
+  'yolo': yolo,
+  'yolo_tiny': yolo_tiny,
+  # Metric learning (cnn_jax/metric_learning.py): embeddings (B, D) for the triplet loss.
+  'encoder': encoder,
+  'encoder_tiny': encoder_tiny,
 }
 
 # Names whose models return per-pixel logits (B, H, W, classes) rather than (B, classes).
 SEGMENTATION = ('fcn*', 'unet*', 'deeplab*')
+# What the other non-classifiers return: detection outputs, embeddings.
+DETECTION = ('yolo*',)
+EMBEDDING = ('encoder*',)
 
 
 def create(name: str, /, **kwargs: Any) -> nn.Module:
@@ -157,6 +206,19 @@ def is_segmentation(name: str) -> bool:
   return any(fnmatch.fnmatch(name, p) for p in SEGMENTATION)
 
 
+def output_kind(name: str) -> str:
+  """What model `name` returns: 'classification' (B, classes) logits, 'segmentation' per-pixel
+  logits, 'detection' YOLO outputs, or 'embedding' (B, D) vectors."""
+  for kind, patterns in (
+    ('segmentation', SEGMENTATION),
+    ('detection', DETECTION),
+    ('embedding', EMBEDDING),
+  ):
+    if any(fnmatch.fnmatch(name, p) for p in patterns):
+      return kind
+  return 'classification'
+
+
 __all__ = [
   'LeNet5',
   'ResNet',
@@ -164,6 +226,7 @@ __all__ = [
   'feature_info',
   'is_segmentation',
   'list_models',
+  'output_kind',
   'plain',
   'resnet',
   'resnet_tiny',
