@@ -4,6 +4,8 @@
   python main.py --config=configs/resnet.py:cifar10 --workdir=runs/r20 --config.optimizer.lr=0.05
   python main.py --config=configs/lenet5.py --mode=summary
   python main.py --config=configs/resnet_lr_sweep.py --workdir=runs/lr    # a sweep
+  python main.py --config=configs/resnet.py --workdir=runs/r20 --mode=predict --inputs=photos/
+  python main.py --config=configs/resnet.py --workdir=runs/r20 --mode=export   # -> runs/r20/export
 
 A config file that defines get_trials is a sweep: its trials run one after another, each in its
 own folder of --workdir, or split over processes with --shard_index=i --num_shards=n; a last
@@ -28,7 +30,21 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs and summary.json.')
 flags.DEFINE_enum(
-  'mode', 'train', ['train', 'eval', 'summary', 'gather'], "What to do; gather: a sweep's table."
+  'mode',
+  'train',
+  ['train', 'eval', 'predict', 'export', 'summary', 'gather'],
+  'What to do; predict: classes or masks for --inputs (cnn_jax/predict.py); export: a SavedModel '
+  "and .npz weights in <workdir>/export (cnn_jax/export.py); gather: a sweep's table.",
+)
+flags.DEFINE_list(
+  'inputs', [], 'predict: image files, globs and folders, comma-separated (e.g. a.png,photos/).'
+)
+flags.DEFINE_integer('top_k', 5, 'predict: the classes listed per image.')
+flags.DEFINE_string(
+  'output',
+  None,
+  'predict: folder for masks and predictions.json (default <workdir>/predictions); '
+  'export: the export folder (default <workdir>/export).',
 )
 flags.DEFINE_integer('shard_index', 0, 'Sweeps: run trials i with i % num_shards == shard_index.')
 flags.DEFINE_integer('num_shards', 1, 'Sweeps: the number of processes (or hosts) sharing it.')
@@ -102,6 +118,9 @@ def main(argv):
       config_file=config_flags.get_config_filename(FLAGS['config']),
       shard_index=FLAGS.shard_index,
       num_shards=FLAGS.num_shards,
+      inputs=FLAGS.inputs,
+      top_k=FLAGS.top_k,
+      output=FLAGS.output,
     )
   except cli.UserError as e:
     logging.flush()

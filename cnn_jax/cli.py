@@ -1,8 +1,10 @@
-"""What main.py runs: multi-host set-up, then train, eval, summary, or a sweep's trials."""
+"""What main.py runs: multi-host set-up, then train, eval, predict, export, summary, or a sweep's
+trials."""
 
 import json
 import logging as py_logging
 import os
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -71,8 +73,15 @@ def run(
   config_file: str | None = None,
   shard_index: int = 0,
   num_shards: int = 1,
+  inputs: Sequence[str] = (),
+  top_k: int = 5,
+  output: str | None = None,
 ) -> None:
-  """`config_file`: the config's path; a file that defines get_trials is a sweep (sweep.py)."""
+  """`config_file`: the config's path; a file that defines get_trials is a sweep (sweep.py).
+
+  predict (cnn_jax/predict.py) reads `inputs`, `top_k` and `output`; export (cnn_jax/export.py)
+  `output`.
+  """
   quiet_libraries()
   if mode == 'summary':
     print(summary(config))  # a sweep's base model
@@ -87,12 +96,24 @@ def run(
     raise UserError(
       f'{flag} is for sweep configs (files that define get_trials, see cnn_jax/sweep.py)'
     )
-  if hooks is not None and mode == 'eval':
+  if hooks is not None and mode in ('eval', 'predict', 'export'):
     raise UserError(
-      'a sweep has no single checkpoint to evaluate: --mode=gather tables its trials, and each '
-      'trial folder holds its own config.json and summary.json'
+      f'a sweep has no single checkpoint for --mode={mode}: --mode=gather tables its trials, and '
+      'each trial folder holds its own config.json and summary.json'
     )
   sweep.check_shard(shard_index, num_shards)
+  if mode == 'predict':  # one process, one device: no multi-host set-up
+    from cnn_jax import predict
+
+    print(
+      predict.format_result(predict.predict(config, workdir, inputs, top_k=top_k, output=output))
+    )
+    return
+  if mode == 'export':
+    from cnn_jax import export
+
+    print(json.dumps(export.export(config, workdir, output=output), indent=2))
+    return
   _initialize_distributed(coordinator_address, num_processes, process_id, distributed)
   if hooks is not None:
     if mode == 'gather':
@@ -106,8 +127,18 @@ def run(
     from cnn_jax import noisy_student
 
     result = noisy_student.run(config, workdir)
+  elif mode == 'train' and 'style' in config:
+    from cnn_jax import style_recipe
+
+    result = style_recipe.run(config, workdir)
   elif mode == 'train':
     result = train.train_and_evaluate(config, workdir)
+  elif 'style' in config:
+    raise UserError(
+      f'--mode={mode}: a style transfer run has no checkpoint of its own (it writes stylised.png '
+      "and summary.json); its backbone's test accuracy is in summary.json and in "
+      '<workdir>/backbone/summary.json, and --mode=train reuses a trained backbone'
+    )
   else:
     result = train.restore_and_evaluate(config, workdir)
   if result is not None and jax.process_index() == 0:

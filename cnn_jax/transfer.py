@@ -1,8 +1,9 @@
 """Start from trained weights and train only some of them: config.init_from and config.freeze.
 
   config.init_from.path  another run's workdir (its latest checkpoint), one step folder of it
-                         (.../checkpoints/<step>), or torchvision weights (.pth, or the .npz
-                         written by `python -m cnn_jax.torchvision_weights convert`)
+                         (.../checkpoints/<step>), the variables.npz of --mode=export, or
+                         torchvision weights (.pth, or the .npz written by
+                         `python -m cnn_jax.torchvision_weights convert`)
   config.init_from.load  regex: the weights to take from there ('' = all of them)
   config.init_from.skip  regex: weights that keep their fresh initialisation, e.g. '^head/' for a
                          classifier with another number of classes
@@ -157,10 +158,22 @@ def check_source(init_from: ml_collections.ConfigDict) -> None:
     )
 
 
+def _is_export_npz(path: str) -> bool:
+  """True for the variables.npz of --mode=export (names 'params/...', 'batch_stats/...'), False
+  for torchvision weights converted to .npz (torch's names, 'layer1.0.conv1.weight')."""
+  with np.load(path, allow_pickle=False) as f:
+    return any(k.startswith(tuple(f'{c}/' for c in COLLECTIONS)) for k in f.files)
+
+
 def _source_variables(
   path: str, model: Any, fresh: Mapping[str, PyTree], input_shape: tuple[int, ...], skip: str
 ) -> dict[str, PyTree]:
-  """{'params', 'batch_stats'} read from a checkpoint or from torchvision weights."""
+  """{'params', 'batch_stats'} read from a checkpoint, an export's variables.npz or torchvision
+  weights."""
+  if path.endswith('.npz') and _is_export_npz(path):
+    from cnn_jax import export
+
+    return export.load_npz(path)
   if path.endswith(TORCH_SUFFIXES):
     from cnn_jax import torchvision_weights
 

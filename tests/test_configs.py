@@ -13,16 +13,25 @@ from cnn_jax import optim, train
 from configs import default
 
 CONFIG_DIR = pathlib.Path(__file__).parents[1] / 'configs'
+# style_transfer is not a trainer config (a backbone's config inside; tests/test_style_recipe.py).
 CONFIG_NAMES = sorted(
-  p.stem for p in CONFIG_DIR.glob('*.py') if p.stem not in ('__init__', 'default')
+  p.stem
+  for p in CONFIG_DIR.glob('*.py')
+  if p.stem not in ('__init__', 'default', 'style_transfer')
 )
 SEGMENTATION = ('deeplab', 'fcn', 'unet')  # digit_scenes offline, 'pets' by argument
 RECIPES = ('distill', 'noisy_student')  # digits offline, 'cifar10' by argument
+# Other tasks: (offline dataset, variants) of detection and metric learning.
+TASKS = {'yolo': ('digit_boxes', ['', 'voc']), 'triplet': ('digits', [''])}
 # The classification families (lenet5 has its own 'mnist' variant).
-FAMILIES = [n for n in CONFIG_NAMES if n != 'lenet5' and n not in SEGMENTATION + RECIPES]
+FAMILIES = [
+  n for n in CONFIG_NAMES if n != 'lenet5' and n not in SEGMENTATION + RECIPES + tuple(TASKS)
+]
 
 
 def _variants(name: str) -> list[str]:
+  if name in TASKS:
+    return TASKS[name][1]
   if name in SEGMENTATION:
     return ['', 'pets']
   if name in RECIPES:
@@ -36,7 +45,7 @@ _CHECKED = set()  # (model fields, image size) already traced: tracing a DenseNe
 @pytest.mark.parametrize('name,arg', [(n, a) for n in CONFIG_NAMES for a in _variants(n)])
 def test_config_builds_its_model_at_its_size(name, arg):
   config = importlib.import_module(f'configs.{name}').get_config(arg)
-  offline = 'digit_scenes' if name in SEGMENTATION else 'digits'
+  offline = 'digit_scenes' if name in SEGMENTATION else TASKS.get(name, ('digits',))[0]
   expected = {'': offline, 'mnist': 'mnist', 'pets': 'oxford_iiit_pet'}.get(arg, arg)
   assert config.dataset == expected
   key = (str(config.model), config.image_size)
@@ -51,7 +60,7 @@ def test_config_builds_its_model_at_its_size(name, arg):
   optim.create_optimizer(config.optimizer, schedule).init({'w': jnp.ones((3, 3))})
 
 
-@pytest.mark.parametrize('name', FAMILIES + list(SEGMENTATION + RECIPES))
+@pytest.mark.parametrize('name', FAMILIES + list(SEGMENTATION + RECIPES) + list(TASKS))
 def test_unknown_variant_is_refused(name):
   with pytest.raises(ValueError, match="unknown variant 'cifar11'"):
     importlib.import_module(f'configs.{name}').get_config('cifar11')

@@ -110,6 +110,25 @@ def test_yolo_recipe_trains_and_scores_map_whatever_the_eval_padding(scenes_dir,
   again = train.restore_and_evaluate(_yolo(scenes_dir, eval_batch_size=24), workdir)
   assert again['map50'] == pytest.approx(summary['test_map50'], abs=1e-6)
   assert again['loss'] == pytest.approx(summary['test_loss'], rel=1e-5)
+  # --mode=predict on three test scenes saved as PNG files gives the eval path's detections.
+  from cnn_jax import predict
+
+  config = _yolo(scenes_dir)
+  exp = train.build(config, workdir)
+  records = exp.data.eval.__getitems__([0, 1, 2])
+  folder = tmp_path / 'scenes'
+  folder.mkdir()
+  for i, r in enumerate(records):
+    (folder / f'scene{i}.png').write_bytes(r['image'])
+  result = predict.predict(config, workdir, [str(folder)], output=str(tmp_path / 'out'))
+  batch = next(data.eval_iterator(exp.data, global_batch=3, image_size=32, channels=1))
+  outputs = exp.model.apply(train.restore_variables(exp), batch['image'], train=False)
+  for row, found in zip(result['predictions'], exp.task.detect(np.asarray(outputs)), strict=True):
+    shown = found.scores >= predict.SHOWN_SCORE
+    assert [d['class'] for d in row['detections']] == found.classes[shown].tolist()
+    boxes = np.array([d['box'] for d in row['detections']]).reshape(-1, 4)
+    np.testing.assert_allclose(boxes, found.boxes[shown] * 64, atol=0.06)  # rounded to 0.1 px
+  assert (tmp_path / 'out' / 'detections.png').exists()
 
 
 def test_detection_task_prepares_the_notes_targets():
