@@ -84,8 +84,15 @@ def run(
   """
   quiet_libraries()
   if mode == 'summary':
-    print(summary(config))  # a sweep's base model
+    # A sweep's base model; a style transfer run's backbone.
+    print(summary(config.backbone if 'style' in config else config))
     return
+  if 'style' in config and mode != 'train':
+    raise UserError(
+      f'--mode={mode}: a style transfer run has no checkpoint of its own (it writes stylised.png '
+      "and summary.json); its backbone's test accuracy is in summary.json and in "
+      '<workdir>/backbone/summary.json, and --mode=train reuses a trained backbone'
+    )
   if not workdir:
     raise UserError(f'--mode={mode} needs --workdir (the folder for checkpoints and logs)')
   from cnn_jax import sweep
@@ -133,12 +140,6 @@ def run(
     result = style_recipe.run(config, workdir)
   elif mode == 'train':
     result = train.train_and_evaluate(config, workdir)
-  elif 'style' in config:
-    raise UserError(
-      f'--mode={mode}: a style transfer run has no checkpoint of its own (it writes stylised.png '
-      "and summary.json); its backbone's test accuracy is in summary.json and in "
-      '<workdir>/backbone/summary.json, and --mode=train reuses a trained backbone'
-    )
   else:
     result = train.restore_and_evaluate(config, workdir)
   if result is not None and jax.process_index() == 0:

@@ -468,6 +468,34 @@ def _lbfgs_step(x, opt_state, variables, content_features, style_features, lo, h
   return x, opt_state, costs
 
 
+def check_arguments(
+  *,
+  style_layers: Sequence[str],
+  style_weights: Mapping[str, float] | None,
+  alpha: float,
+  beta: float,
+  steps: int,
+  lr: float,
+  init: str,
+  optimizer: str,
+  content_lam: float | None,
+  style_normalisation: str,
+) -> dict[str, float]:
+  """`stylise`'s checks of its options (no model, no images, no compute): a UserError naming the
+  first bad one. Returns the style weights, 1 / len(style_layers) each where None."""
+  _check_options(alpha=alpha, beta=beta, steps=steps, lr=lr, init=init, optimizer=optimizer)
+  style_layers = tuple(style_layers)
+  if not style_layers or len(set(style_layers)) != len(style_layers):
+    raise UserError(f'style_layers={style_layers}; expected one or more distinct layer names')
+  if style_weights is None:
+    style_weights = {layer: 1.0 / len(style_layers) for layer in style_layers}
+  _check_weights(style_weights, style_layers)
+  _style_denominator(1, 1, 1, style_normalisation)
+  if content_lam is not None and not content_lam > 0:
+    raise UserError(f'content_lam={content_lam}; expected a positive normaliser (or None)')
+  return dict(style_weights)
+
+
 def stylise(
   content: Any,
   style: Any,
@@ -522,7 +550,19 @@ def stylise(
     entry t is J of the image after t steps, so [0] is the start and [-1] the returned image.
     'content' and 'style' are the unweighted J_content and J_style.
   """
-  _check_options(alpha=alpha, beta=beta, steps=steps, lr=lr, init=init, optimizer=optimizer)
+  style_layers = tuple(style_layers)
+  style_weights = check_arguments(
+    style_layers=style_layers,
+    style_weights=style_weights,
+    alpha=alpha,
+    beta=beta,
+    steps=steps,
+    lr=lr,
+    init=init,
+    optimizer=optimizer,
+    content_lam=content_lam,
+    style_normalisation=style_normalisation,
+  )
   squeeze = np.ndim(content) == 3
   c_img = _as_batch(content, 'content')
   s_img = _as_batch(style, 'style')
@@ -534,15 +574,6 @@ def stylise(
   channels = c_img.shape[-1]
   mean_v = _channel_stats(mean, channels, 'mean')
   std_v = _channel_stats(std, channels, 'std')
-  style_layers = tuple(style_layers)
-  if not style_layers or len(set(style_layers)) != len(style_layers):
-    raise UserError(f'style_layers={style_layers}; expected one or more distinct layer names')
-  if style_weights is None:
-    style_weights = {layer: 1.0 / len(style_layers) for layer in style_layers}
-  _check_weights(style_weights, style_layers)
-  _style_denominator(1, 1, 1, style_normalisation)
-  if content_lam is not None and not content_lam > 0:
-    raise UserError(f'content_lam={content_lam}; expected a positive normaliser (or None)')
   layers = tuple(dict.fromkeys((content_layer, *style_layers)))
   check_layers(model, c_img.shape[1:], layers, variables)
 
@@ -609,14 +640,22 @@ def save_loss_curve(losses: Mapping[str, Any], path: str, *, alpha: float, beta:
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(5, 3.5))
-  for key, scale, label in (
-    ('total', 1.0, 'J(G)'),
-    ('content', alpha, 'alpha J_content'),
-    ('style', beta, 'beta J_style'),
+  later = []
+  for key, scale, label, line in (
+    ('total', 1.0, 'J(G)', '--'),  # dashed: beta J_style often lies on it
+    ('content', alpha, 'alpha J_content', '-'),
+    ('style', beta, 'beta J_style', '-'),
   ):
     values = scale * np.asarray(losses[key], np.float64)
-    ax.plot(np.arange(len(values)), values, label=label)
+    ax.plot(np.arange(len(values)), values, line, label=label)
+    later.append(values[1:])
   ax.set_yscale('log')
+  # Started from C, J_content is 0 at step 0 (1e-13 in float32): the axis starts just below the
+  # smallest later value, not a dozen decades below everything else.
+  positive = np.concatenate(later)
+  positive = positive[np.isfinite(positive) & (positive > 0)]
+  if positive.size:
+    ax.set_ylim(bottom=positive.min() / 2)
   ax.set_xlabel('step')
   ax.set_ylabel('cost')
   ax.legend()
