@@ -15,9 +15,7 @@ from configs import default
 CONFIG_DIR = pathlib.Path(__file__).parents[1] / 'configs'
 # style_transfer is not a trainer config (a backbone's config inside; tests/test_style_recipe.py).
 CONFIG_NAMES = sorted(
-  p.stem
-  for p in CONFIG_DIR.glob('*.py')
-  if p.stem not in ('__init__', 'default', 'style_transfer')
+  p.stem for p in CONFIG_DIR.glob('*.py') if p.stem not in ('__init__', 'default', 'style_transfer')
 )
 SEGMENTATION = ('deeplab', 'fcn', 'unet')  # digit_scenes offline, 'pets' by argument
 RECIPES = ('distill', 'noisy_student')  # digits offline, 'cifar10' by argument
