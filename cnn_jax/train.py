@@ -347,16 +347,13 @@ def _check_model_kind(config: ml_collections.ConfigDict, spec: Any) -> None:
     return
   gives, _ = _KIND_OUTPUTS[kind]
   needs, where = _KIND_OUTPUTS[wanted]
-  run = 'a metric-learning (config.triplet) run' if wanted == 'embedding' else 'dataset'
-  if wanted != 'embedding':
+  if wanted == 'embedding':
+    run, fix = 'a metric-learning (config.triplet) run', 'use an encoder model'
+  else:
     run = f"dataset '{config.dataset}' is a {task} dataset and"
-    raise UserError(
-      f"model '{config.model.name}' gives {gives} but {run} needs {needs}; pick a model and "
-      f'dataset of the same task ({where})'
-    )
+    fix = 'pick a model and dataset of the same task'
   raise UserError(
-    f"model '{config.model.name}' gives {gives} but {run} needs {needs}; use an encoder model "
-    f'({where})'
+    f"model '{config.model.name}' gives {gives} but {run} needs {needs}; {fix} ({where})"
   )
 
 
