@@ -20,3 +20,12 @@ def data_dir(tmp_path_factory) -> str:
 
   data.load('digits', path)  # builds it once for the session (a few seconds)
   return path
+
+
+@pytest.fixture(scope='session')
+def scenes_dir(data_dir) -> str:
+  """The session's tfds folder with the locally built `digit_scenes` added (a few seconds)."""
+  from cnn_jax import data
+
+  data.load('digit_scenes', data_dir)
+  return data_dir

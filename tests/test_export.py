@@ -20,6 +20,7 @@ def tiny_run(tmp_path_factory, data_dir) -> str:
   return trained_run(tmp_path_factory, 'predict_tiny', tiny_config(data_dir))  # test_predict's
 
 
+@pytest.mark.slow  # jax2tf conversion, SavedModel written and loaded back: about 20 s
 def test_saved_model_gives_the_jax_logits(tiny_run, data_dir, capsys):
   config = tiny_config(data_dir)
   out = os.path.join(tiny_run, 'export')

@@ -16,13 +16,6 @@ from configs import triplet as triplet_config
 from configs import yolo as yolo_config
 
 
-@pytest.fixture(scope='module')
-def scenes_dir(tmp_path_factory) -> str:
-  path = str(tmp_path_factory.mktemp('scenes'))
-  data.load('digit_boxes', path)  # builds digit_scenes (a few seconds)
-  return path
-
-
 def _set(config, **overrides):
   for key, value in overrides.items():
     parent = config

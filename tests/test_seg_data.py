@@ -15,13 +15,6 @@ from cnn_jax.errors import UserError
 IGNORE = 255
 
 
-@pytest.fixture(scope='module')
-def scenes_dir(tmp_path_factory) -> str:
-  path = str(tmp_path_factory.mktemp('scenes'))
-  data.load('digit_scenes', path)  # builds it (a few seconds)
-  return path
-
-
 @functools.cache
 def _examples(data_dir: str, split: str, decode: bool = True, count: int = 0) -> tuple[dict, ...]:
   """The first `count` (0: all) examples of `split`, in order; PNG bytes unless `decode`."""

@@ -64,6 +64,7 @@ def _train_and_stylise(workdir: str, data_dir: str, capsys) -> dict:
   return trained
 
 
+@pytest.mark.slow  # trains a backbone and stylises: about 35 s on 2 CPU cores
 def test_recipe_trains_the_backbone_then_stylises(tmp_path, data_dir, capsys):
   _train_and_stylise(str(tmp_path / 'style'), data_dir, capsys)
 
