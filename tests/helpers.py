@@ -87,6 +87,11 @@ def tiny_config(data_dir: str, **overrides):
   config.image_size = 16
   config.batch_size = 32
   config.eval_batch_size = 64
+  return set_fields(config, **overrides)
+
+
+def set_fields(config, **overrides):
+  """`config` with fields set by dotted name: set_fields(c, **{'optimizer.lr': 0.5}, seed=1)."""
   for key, value in overrides.items():
     parent = config
     *path, last = key.split('.')

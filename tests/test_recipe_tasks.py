@@ -4,6 +4,7 @@ configs/triplet.py): their data, tasks, host-side evaluation and errors, at tiny
 import functools
 import json
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,16 +15,6 @@ from cnn_jax.data import digit_scenes
 from cnn_jax.errors import UserError
 from configs import triplet as triplet_config
 from configs import yolo as yolo_config
-
-
-def _set(config, **overrides):
-  for key, value in overrides.items():
-    parent = config
-    *path, last = key.split('.')
-    for part in path:
-      parent = parent[part]
-    parent[last] = value
-  return config
 
 
 def _yolo(data_dir: str, **overrides):
@@ -39,7 +30,7 @@ def _yolo(data_dir: str, **overrides):
     'model.backbone_kwargs': {'stem': 'imagenet', 'widths': (8, 8, 8)},
     'optimizer.warmup_steps': 2,
   }
-  return _set(yolo_config.get_config(), **(fields | overrides))
+  return helpers.set_fields(yolo_config.get_config(), **(fields | overrides))
 
 
 def _triplet(data_dir: str, **overrides):
@@ -57,7 +48,7 @@ def _triplet(data_dir: str, **overrides):
     'optimizer.name': 'adamw',
     'optimizer.lr': 1e-3,
   }
-  return _set(triplet_config.get_config(), **(fields | overrides))
+  return helpers.set_fields(triplet_config.get_config(), **(fields | overrides))
 
 
 def test_digit_boxes_batches_hold_each_digits_box_and_class(scenes_dir):
@@ -226,8 +217,6 @@ def test_bad_recipe_configs_fail_before_training(
 
 
 def test_held_out_classes_need_the_triplet_task(data_dir, tmp_path):
-  from tests import helpers
-
   config = helpers.tiny_config(data_dir, data_classes=(0, 1), held_out_classes=(2,))
   with pytest.raises(UserError, match='held_out_classes is for metric learning'):
     train.build(config, str(tmp_path / 'run'))

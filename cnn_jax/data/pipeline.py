@@ -273,6 +273,12 @@ def _to_channels(image: tf.Tensor, stored: int, channels: int, size: int) -> tf.
   return tf.ensure_shape(image, (size, size, channels))
 
 
+def _decode(encoded: tf.Tensor, stored_channels: int) -> tf.Tensor:
+  """An encoded image as float32 in [0, 1], with the dataset's stored channels."""
+  image = tf.io.decode_image(encoded, channels=stored_channels, expand_animations=False)
+  return tf.image.convert_image_dtype(image, tf.float32)
+
+
 def preprocess(
   encoded: tf.Tensor,
   label: tf.Tensor,
@@ -292,8 +298,7 @@ def preprocess(
   images also get RandAugment's N ops at magnitude M (of 30) after it, in [0, 1], with
   spec.fill and spec.max_translate.
   """
-  image = tf.io.decode_image(encoded, channels=stored_channels, expand_animations=False)
-  image = tf.image.convert_image_dtype(image, tf.float32)  # [0, 1]
+  image = _decode(encoded, stored_channels)
   if train:
     options = default_augment(spec) if augment is None else augment
     image = _augment(image, seed, spec=spec, size=image_size, options=options)
@@ -331,8 +336,7 @@ def preprocess_segmentation(
   Returns the normalised image (S, S, C) float32 and the labels (S, S) int32 (spec.label_map
   applied; every pixel ignore_label where `valid` is 0, i.e. eval padding).
   """
-  image = tf.io.decode_image(encoded, channels=stored_channels, expand_animations=False)
-  image = tf.image.convert_image_dtype(image, tf.float32)  # [0, 1]
+  image = _decode(encoded, stored_channels)
   # Normalised before resizing (resizing is linear), so that padding with 0 means the mean colour.
   image = (image - spec.mean) / spec.std
   stored = tf.io.decode_png(encoded_labels, channels=1)[..., 0]
@@ -364,8 +368,7 @@ def preprocess_detection(
   object rows (M, 5) (boxes as fractions of the image, which a resize leaves as they are) pass
   through."""
   del seed, train  # no augmentation: see the module docstring
-  image = tf.io.decode_image(encoded, channels=stored_channels, expand_animations=False)
-  image = tf.image.convert_image_dtype(image, tf.float32)  # [0, 1]
+  image = _decode(encoded, stored_channels)
   image = tf.image.resize(image, (image_size, image_size), antialias=True)
   image = (image - spec.mean) / spec.std
   image = _to_channels(image, stored_channels, channels, image_size)
