@@ -9,7 +9,7 @@
 
 A config file that defines get_trials is a sweep: its trials run one after another, each in its
 own folder of --workdir, or split over processes with --shard_index=i --num_shards=n; a last
-step tables them all (cnn_jax/sweep.py). --mode=gather tables what has finished so far.
+step tables them all (cnn_jax/recipes/sweep.py). --mode=gather tables what has finished so far.
 
 The logic lives in the cnn_jax package; this file only reads flags.
 """
@@ -33,8 +33,9 @@ flags.DEFINE_enum(
   'mode',
   'train',
   ['train', 'eval', 'predict', 'export', 'summary', 'gather'],
-  'What to do; predict: classes or masks for --inputs (cnn_jax/predict.py); export: a SavedModel '
-  "and .npz weights in <workdir>/export (cnn_jax/export.py); gather: a sweep's table.",
+  'What to do; predict: classes or masks for --inputs (cnn_jax/inference/predict.py); export: '
+  'a SavedModel '
+  "and .npz weights in <workdir>/export (cnn_jax/inference/export.py); gather: a sweep's table.",
 )
 flags.DEFINE_list(
   'inputs', [], 'predict: image files, globs and folders, comma-separated (e.g. a.png,photos/).'
@@ -60,7 +61,7 @@ def _config_typo(argv: list[str]) -> str | None:
   names at the level where it goes wrong; None when every override names a field."""
   import ml_collections
 
-  from cnn_jax.errors import close_matches
+  from cnn_jax.core.errors import close_matches
 
   # The config as loaded before any override (absl had not stored it when the override failed).
   spec = next(a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config='))

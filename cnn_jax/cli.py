@@ -10,7 +10,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
 
 __all__ = ['UserError', 'run']
 
@@ -56,7 +56,8 @@ def _initialize_distributed(
 
 def summary(config: ml_collections.ConfigDict) -> str:
   """The per-layer table of config's model at config's input size."""
-  from cnn_jax import summary, train
+  from cnn_jax import train
+  from cnn_jax.models import summary
 
   return summary.format_table(train.model_summary(config))
 
@@ -79,7 +80,8 @@ def run(
 ) -> None:
   """`config_file`: the config's path; a file that defines get_trials is a sweep (sweep.py).
 
-  predict (cnn_jax/predict.py) reads `inputs`, `top_k` and `output`; export (cnn_jax/export.py)
+  predict (cnn_jax/inference/predict.py) reads `inputs`, `top_k` and `output`; export
+  (cnn_jax/inference/export.py)
   `output`.
   """
   quiet_libraries()
@@ -95,13 +97,13 @@ def run(
     )
   if not workdir:
     raise UserError(f'--mode={mode} needs --workdir (the folder for checkpoints and logs)')
-  from cnn_jax import sweep
+  from cnn_jax.recipes import sweep
 
   hooks = sweep.load_hooks(config_file)
   if hooks is None and (mode == 'gather' or (shard_index, num_shards) != (0, 1)):
     flag = '--mode=gather' if mode == 'gather' else '--shard_index/--num_shards'
     raise UserError(
-      f'{flag} is for sweep configs (files that define get_trials, see cnn_jax/sweep.py)'
+      f'{flag} is for sweep configs (files that define get_trials, see cnn_jax/recipes/sweep.py)'
     )
   if hooks is not None and mode in ('eval', 'predict', 'export'):
     raise UserError(
@@ -110,14 +112,14 @@ def run(
     )
   sweep.check_shard(shard_index, num_shards)
   if mode == 'predict':  # one process, one device: no multi-host set-up
-    from cnn_jax import predict
+    from cnn_jax.inference import predict
 
     print(
       predict.format_result(predict.predict(config, workdir, inputs, top_k=top_k, output=output))
     )
     return
   if mode == 'export':
-    from cnn_jax import export
+    from cnn_jax.inference import export
 
     print(json.dumps(export.export(config, workdir, output=output), indent=2))
     return
@@ -131,11 +133,11 @@ def run(
   from cnn_jax import train
 
   if mode == 'train' and 'noisy_student' in config:
-    from cnn_jax import noisy_student
+    from cnn_jax.recipes import noisy_student
 
     result = noisy_student.run(config, workdir)
   elif mode == 'train' and 'style' in config:
-    from cnn_jax import style_recipe
+    from cnn_jax.recipes import style as style_recipe
 
     result = style_recipe.run(config, workdir)
   elif mode == 'train':

@@ -63,7 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # s: a uniform offset in [-s, s] per channel of the [0, 1] image (grey: brightness); 0 off.
   config.augment.color_shift = config_dict.placeholder(float)
 
-  # Transfer learning (cnn_jax/transfer.py): start from another run's checkpoint or torchvision
+  # Transfer learning (cnn_jax/weights/transfer.py): start from another run's checkpoint or
+  # torchvision
   # weights, taking the weights `load` matches and `skip` does not (regexes on names such as
   # 'stage1_block1/conv1/kernel'); a fresh start only. `freeze`: parameters left untrained.
   config.init_from = ml_collections.ConfigDict()
@@ -135,11 +136,11 @@ def set_offline_recipe(config: ml_collections.ConfigDict, num_epochs: float) -> 
 
 
 def add_segmentation_fields(config: ml_collections.ConfigDict) -> None:
-  """The options of the segmentation task (cnn_jax/tasks.py: Segmentation)."""
+  """The options of the segmentation task (cnn_jax/tasks/: Segmentation)."""
   seg = config.segmentation = ml_collections.ConfigDict()
   seg.class_weights = ()  # one per class, torch CrossEntropyLoss(weight=...) style; () = none
   seg.dice_weight = 0.0  # loss += dice_weight * soft Dice loss
-  # Eval-time dense CRF (cnn_jax/crf.py), DeepLab v2's released settings; theta_alpha <= 0:
+  # Eval-time dense CRF (cnn_jax/ops/crf.py), DeepLab v2's released settings; theta_alpha <= 0:
   # DeepLab's 67 for 500-pixel images, scaled to config.image_size. theta_gamma 3 (the paper's
   # text) erases thin digits on the offline scenes (crf.py's notes).
   seg.crf = False

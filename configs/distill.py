@@ -3,7 +3,7 @@
   python main.py --config=configs/distill.py --workdir=runs/distill_lenet5
 
 Loss = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(z_s, y)
-(cnn_jax/tasks.py: distillation_loss). The teacher is a whole config (`config.teacher`, any field
+(cnn_jax/tasks/: distillation_loss). The teacher is a whole config (`config.teacher`, any field
 overridable: --config.teacher.model.name=resnet32) and its checkpoint in
 `config.distill.teacher_workdir` (default <workdir>/teacher). With `train_teacher=True` (the
 default) a teacher that has not finished training (no summary.json there) is trained first, by

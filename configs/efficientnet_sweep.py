@@ -2,7 +2,8 @@
 
   python main.py --config=configs/efficientnet_sweep.py --workdir=runs/efficientnet_sweep
 
-A staged sweep (cnn_jax/sweep.py, logic in cnn_jax/scaling.py), every trial an ordinary trainer
+A staged sweep (cnn_jax/recipes/sweep.py, logic in cnn_jax/recipes/scaling.py), every trial an
+ordinary trainer
 run of the same recipe in its own folder:
   stage 0  at phi = 1, every (alpha, beta, gamma) with values in {1.0, 1.1, 1.2, 1.3} and
            alpha * beta^2 * gamma^2 within 5% of 2: 10 candidates, 8 distinct networks (depth
@@ -87,12 +88,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def get_trials(config: ml_collections.ConfigDict):
-  from cnn_jax import scaling
+  from cnn_jax.recipes import scaling
 
   return scaling.grid_trials(config)
 
 
 def get_next_trials(config: ml_collections.ConfigDict, stage: int, rows: list[dict]):
-  from cnn_jax import scaling
+  from cnn_jax.recipes import scaling
 
   return scaling.get_next_trials(config, stage, rows)

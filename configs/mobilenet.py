@@ -3,7 +3,7 @@
   python main.py --config=configs/mobilenet.py --workdir=runs/mobilenet_v2_digits
   --config.model.name=mobilenet_v1   --config.model.width_multiplier=0.5
 
-Depthwise convolutions take the shift-and-add path on CPU (cnn_jax/depthwise.py). Cost and
+Depthwise convolutions take the shift-and-add path on CPU (cnn_jax/nn/depthwise.py). Cost and
 accuracy of the offline default: README, "Offline results".
 
 Variants (the dataset prepared with tfds, see README):

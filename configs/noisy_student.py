@@ -4,11 +4,12 @@
 
 Iteration 0 trains a clean teacher (no RandAugment, dropout or stochastic depth) on the labelled
 split; iteration k >= 1 lets iteration k - 1 label the unlabelled pool (eval mode, no
-augmentation), filters and balances the pseudo-labels (cnn_jax/pseudo_labels.py), and trains a
+augmentation), filters and balances the pseudo-labels (cnn_jax/recipes/pseudo_labels.py), and
+trains a
 student with noise on both: loss = CE(labelled) + unlabel_ratio * CE(pseudo-labelled), each batch
 holding `batch_size` labelled and `unlabeled_batch_size` pseudo-labelled images. Each iteration
 is a trainer workdir of its own (workdir/iter0, iter1, ...); rerunning the command resumes.
-(cnn_jax/noisy_student.py.)
+(cnn_jax/recipes/noisy_student.py.)
 
 Offline default: digits, 10% of the train split labelled (stratified, 145 images), the other 90%
 (1,292) the unlabelled pool; ResNet-20 for teacher and students (the paper's students are equal
@@ -46,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ns.per_class = -1  # <= 0: pseudo_labels.select's default for the balance mode
   ns.unlabel_ratio = 1.0  # weight of the pseudo-labelled loss
   ns.unlabeled_batch_size = 96
-  ns.pseudo_labels = ''  # set per iteration by cnn_jax/noisy_student.py
+  ns.pseudo_labels = ''  # set per iteration by cnn_jax/recipes/noisy_student.py
   if arg in (None, '', 'digits'):
     default.set_offline_recipe(config, num_epochs=1.0)
     config.batch_size = 32  # labelled: 145 images, so 4 steps an epoch

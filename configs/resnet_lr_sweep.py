@@ -1,4 +1,4 @@
-"""A learning-rate sweep of configs/resnet.py through the sweep runner (cnn_jax/sweep.py).
+"""A learning-rate sweep of configs/resnet.py through the sweep runner (cnn_jax/recipes/sweep.py).
 
   python main.py --config=configs/resnet_lr_sweep.py --workdir=runs/resnet20_lr
   # or split over two processes (or hosts) sharing the folder, started together:

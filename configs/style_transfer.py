@@ -3,8 +3,8 @@
   python main.py --config=configs/style_transfer.py --workdir=runs/style_transfer
 
 J(G) = alpha J_content(C, G) + beta J_style(S, G), minimised over G's pixels with optax
-(cnn_jax/style_transfer.py) on a classifier trained first by the ordinary trainer
-(cnn_jax/style_recipe.py). `backbone` is that classifier's whole trainer config (any field
+(cnn_jax/recipes/style_transfer.py) on a classifier trained first by the ordinary trainer
+(cnn_jax/recipes/style.py). `backbone` is that classifier's whole trainer config (any field
 overridable: --config.backbone.num_epochs=30); `style` the images, layers, weights and optimiser.
 The backbone trains in style.backbone_workdir ('' = <workdir>/backbone), once: a rerun, or another
 style run pointed at it, reuses it. Writes stylised.png, content.png, style.png (the inputs as the
@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   style.content_image = 'sklearn:china.jpg'
   style.style_image = 'sklearn:flower.jpg'
   style.image_size = 128  # both images: the centred square, resized
-  # Layer names: cnn_jax.style_transfer.layer_names; ':relu' reads the rectified map.
+  # Layer names: cnn_jax.recipes.style_transfer.layer_names; ':relu' reads the rectified map.
   style.content_layer = 'bn3_1:relu'
   style.style_layers = ('conv1_1', 'bn2_1:relu', 'bn3_1:relu', 'bn4_1:relu', 'bn5_1:relu')
   style.style_weights = ()  # lambda_l, one per style layer; () = 1/L each (Gatys et al.)

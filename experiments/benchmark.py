@@ -8,7 +8,7 @@
 What it times, for each model of --models and each batch of --batch_sizes, on synthetic data
 (fixed random images and labels, already on the device):
 - ours: `cnn_jax.train.train_step` built the trainer's way (train.create_model, optim, tasks,
-  train.initial_state) and compiled by the runner of cnn_jax.parallel (1 device, state donated);
+  train.initial_state) and compiled by the runner of cnn_jax.core.parallel (1 device, state donated);
 - bare: a plain `jax.jit` (state donated) of the same model, softmax cross-entropy and optax
   update, no runner and no metrics: ours over bare is the trainer's overhead;
 - JAX inference: a jitted eval-mode forward;
@@ -82,9 +82,10 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from cnn_jax import data as data_lib  # noqa: E402
-from cnn_jax import models, optim, parallel, tasks, train  # noqa: E402
-from cnn_jax.errors import UserError  # noqa: E402
-from cnn_jax.layers import (  # noqa: E402
+from cnn_jax import models, tasks, train
+from cnn_jax.core import parallel  # noqa: E402
+from cnn_jax.core.errors import UserError  # noqa: E402
+from cnn_jax.nn.layers import (  # noqa: E402
   AvgPool,
   BatchNorm,
   Conv,
@@ -92,7 +93,8 @@ from cnn_jax.layers import (  # noqa: E402
   MaxPool,
   PointwiseConv,
 )
-from cnn_jax.upsample import Upsample  # noqa: E402
+from cnn_jax.nn.upsample import Upsample  # noqa: E402
+from cnn_jax.train import optim
 from configs import default  # noqa: E402
 from experiments.depthwise_benchmark import _compile, _interleaved  # noqa: E402
 
@@ -686,10 +688,10 @@ LAYERS: dict[str, Layer] = {
   # DESIGN.md's backward-conv case: 3x3, 128 -> 128 at 28x28.
   'conv3x3': Layer(
     (28, 28, 128),
-    lambda dt: Conv(128, (3, 3), padding=1, use_bias=False, dtype=dt),  # cnn_jax.layers.Conv
+    lambda dt: Conv(128, (3, 3), padding=1, use_bias=False, dtype=dt),  # cnn_jax.nn.layers.Conv
     lambda tnn: tnn.Conv2d(128, 128, 3, 1, 1, bias=False),
   ),
-  # MobileNet's 1x1 convs run as one matmul on CPU (cnn_jax.layers.PointwiseConv).
+  # MobileNet's 1x1 convs run as one matmul on CPU (cnn_jax.nn.layers.PointwiseConv).
   'conv1x1': Layer(
     (28, 28, 192),
     lambda dt: PointwiseConv(64, (1, 1), use_bias=False, dtype=dt),
@@ -701,13 +703,13 @@ LAYERS: dict[str, Layer] = {
     lambda dt: DepthwiseConv((3, 3), padding=1, dtype=dt),
     lambda tnn: tnn.Conv2d(144, 144, 3, 1, 1, groups=144, bias=False),
   ),
-  # The U-Net's 2x2 / 2 up-convolution (cnn_jax.upsample.Upsample), halving the channels.
+  # The U-Net's 2x2 / 2 up-convolution (cnn_jax.nn.upsample.Upsample), halving the channels.
   'conv_transpose2x2': Layer(
     (28, 28, 128),
     lambda dt: Upsample(64, 2, kernel_size=2, bilinear_init=False, use_bias=True, dtype=dt),
     lambda tnn: tnn.ConvTranspose2d(128, 64, 2, 2),
   ),
-  # Training mode. cnn_jax.layers.BatchNorm (U-Net, MobileNet, EfficientNet) and flax's own
+  # Training mode. cnn_jax.nn.layers.BatchNorm (U-Net, MobileNet, EfficientNet) and flax's own
   # (ResNet, VGG-bn, DenseNet, GoogLeNet).
   'batchnorm': Layer(
     (56, 56, 64),

@@ -7,7 +7,7 @@
 Ten claims of the course notes in ../shared/seeds/ (003: parameter counts; 004: output sizes, the
 LeNet-5 table, the 1x1 bottleneck, depthwise-separable cost, the convolutionalized sliding window;
 003/001: stacked 3x3 convs, receptive fields). Every number comes from a Flax layer or net: counts
-and multiply-adds from `jax.eval_shape` / `cnn_jax.summary`, shapes from the layer's output,
+and multiply-adds from `jax.eval_shape` / `cnn_jax.models.summary`, shapes from the layer's output,
 receptive fields from the recurrence r_out = r_in + (k - 1) * j_in, j_out = j_in * s over the
 net's own layers and from the gradient of one output pixel w.r.t. the input. Each is set beside
 the notes' number and marked OK or differs; tests/test_claims_arithmetic.py asserts them.
@@ -37,9 +37,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
-from cnn_jax import models, summary  # noqa: E402
-from cnn_jax.errors import UserError  # noqa: E402
-from cnn_jax.layers import (  # noqa: E402
+from cnn_jax import models
+from cnn_jax.core.errors import UserError  # noqa: E402
+from cnn_jax.models import summary  # noqa: E402
+from cnn_jax.nn.layers import (  # noqa: E402
   AvgPool,
   Conv,
   DepthwiseConv,
@@ -1086,7 +1087,7 @@ def markdown(claims: list[Claim], seconds: float) -> str:
     '',
     f'`python experiments/claims_arithmetic.py` ({seconds:.0f} s on a {MACHINE}). Each number '
     'comes from a real Flax layer or net of cnn_jax (parameter counts and multiply-adds from '
-    '`jax.eval_shape` / `cnn_jax.summary`, shapes from layer outputs, receptive fields from the '
+    '`jax.eval_shape` / `cnn_jax.models.summary`, shapes from layer outputs, receptive fields from the '
     'recurrence and from gradients); tests/test_claims_arithmetic.py asserts them.',
     '',
     '| # | claim | notes say | measured | |',

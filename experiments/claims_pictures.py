@@ -59,8 +59,8 @@ from flax import traverse_util  # noqa: E402
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cnn_jax import layers, upsample  # noqa: E402
-from cnn_jax.errors import UserError  # noqa: E402
+from cnn_jax.core.errors import UserError  # noqa: E402
+from cnn_jax.nn import layers, upsample  # noqa: E402
 
 PARTS = ('edges', 'checkerboard', 'feature_maps')
 # scikit-learn's sample photos (shipped, no download) -> the 300x300 crop the figure shows (rows,

@@ -16,13 +16,13 @@ the same number of steps, seeds 0, 1, 2; digits: 1,437 train / 360 test 8x8 imag
   the test accuracy of every CNN arm that has run. No randomness: one number per row.
 - inception: googlenet_tiny with its 1x1 bottlenecks vs the naive Inception module (Szegedy et
   al. 2015, fig. 2a; `naive=True`) on configs/googlenet.py, 110 steps = its 10 epochs:
-  parameters and multiply-adds (cnn_jax.summary) and accuracy.
+  parameters and multiply-adds (cnn_jax.models.summary) and accuracy.
 - augmentation: LeNet-5 (configs/lenet5.py, 330 steps = its 30 epochs) with config.augment arms
   none / crop / flip / color / all (crop = the 2-pixel pad-and-crop shift that is digits'
   default; flip = left-right mirror, which turns some digits into other symbols; color = a
   brightness offset in [-0.1, 0.1] of the [0, 1] range, digits being grey).
 
-Every run goes through cnn_jax.sweep, the trainer's in-process runner of configs with overrides:
+Every run goes through cnn_jax.recipes.sweep, the trainer's in-process runner of configs with overrides:
 runs/claims/<claim>/steps<N><tag>/<arm>_seed<k> is an ordinary trainer workdir; one that holds
 summary.json is read, not rerun, and an interrupted one resumes. Each finished run's checkpoint
 is then evaluated without augmentation on both splits (claims_eval.json in its workdir, also
@@ -55,9 +55,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cnn_jax import data as data_lib  # noqa: E402
-from cnn_jax import sweep, train  # noqa: E402
-from cnn_jax.checkpoint import Checkpointer  # noqa: E402
-from cnn_jax.errors import UserError  # noqa: E402
+from cnn_jax import train  # noqa: E402
+from cnn_jax.core.checkpoint import Checkpointer  # noqa: E402
+from cnn_jax.core.errors import UserError  # noqa: E402
+from cnn_jax.recipes import sweep
 
 RESULTS = os.path.join(ROOT, 'experiments', 'results')
 RUNS = os.path.join(ROOT, 'runs', 'claims')

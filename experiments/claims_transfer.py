@@ -23,7 +23,7 @@ learning rate (--lr, the recipe's 0.1 unless set; not tuned for any arm), warmup
 Seeds 0, 1, 2 (the labelled draw, the head's initialisation and the batch order); the table
 gives mean ± sample std (n - 1) of the test accuracy, and each seed's.
 
-Every run goes through cnn_jax.sweep (the trainer, in this process): runs/claims/transfer/
+Every run goes through cnn_jax.recipes.sweep (the trainer, in this process): runs/claims/transfer/
 <model>_<size>px_src<S>/source/ holds the source run, .../tgt<steps>_b<batch>_lr<lr>/ the target
 runs, each an ordinary trainer workdir; a run with summary.json is read, not rerun, and an
 interrupted one resumes. Writes claims_transfer.md, .json and .png into --out_dir (default
@@ -54,9 +54,11 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 
 from cnn_jax import data as data_lib  # noqa: E402
-from cnn_jax import sweep, train, transfer  # noqa: E402
+from cnn_jax import train
+from cnn_jax.core.errors import UserError  # noqa: E402
 from cnn_jax.data import datasets  # noqa: E402
-from cnn_jax.errors import UserError  # noqa: E402
+from cnn_jax.recipes import sweep
+from cnn_jax.weights import transfer  # noqa: E402
 from configs import resnet  # noqa: E402
 
 RESULTS = os.path.join(ROOT, 'experiments', 'results')

@@ -36,9 +36,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from cnn_jax.depthwise import depthwise_conv  # noqa: E402
 from cnn_jax.models.efficientnet import B0_STAGES, efficientnet_variant  # noqa: E402
 from cnn_jax.models.mobilenet import V2_SETTING, mobilenet_v2  # noqa: E402
+from cnn_jax.nn.depthwise import depthwise_conv  # noqa: E402
 
 # (H, W, C, stride): depthwise layers of MobileNet-v2 at 224 px (blocks 2, 4, 6-7, 14-16).
 LAYER_SHAPES = [

@@ -6,7 +6,7 @@
 Each row is `python main.py --config=configs/<family>.py --workdir=runs/offline/<label>` in a
 fresh process (the README's first command with another config): digits, no download. A row whose
 workdir already holds a summary.json is read, not rerun (`--fresh` reruns it). Parameters and
-multiply-adds come from cnn_jax.summary at the config's input size and 10 classes. Writes
+multiply-adds come from cnn_jax.models.summary at the config's input size and 10 classes. Writes
 experiments/results/offline_table.md and .json, with the machine's load average around each run
 (the 2 cores are shared: a busy machine makes the wall times longer, not the accuracies different).
 """
@@ -23,7 +23,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from cnn_jax import summary, train  # noqa: E402
+from cnn_jax import train  # noqa: E402
+from cnn_jax.models import summary
 
 # (label, config file, extra flags): one row per family's offline default.
 ROWS = [

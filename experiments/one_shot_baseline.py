@@ -5,7 +5,7 @@
 
 Builds the run of configs/triplet.py (with --override field=value pairs, e.g.
 --override triplet.mining=hard), evaluates its freshly initialised encoder (config.seed's weights)
-exactly as the trained run is evaluated (cnn_jax/tasks.py: Triplet.finalize: threshold from
+exactly as the trained run is evaluated (cnn_jax/tasks/: Triplet.finalize: threshold from
 the seen classes' test pairs, one-shot on the held-out classes over 20 reference draws), and
 prints both as JSON. Random features of a ResNet already separate digits far above chance, so a
 trained encoder is only useful if it does better than this on classes it never saw.

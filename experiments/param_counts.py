@@ -11,7 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cnn_jax import models, summary  # noqa: E402
+from cnn_jax import models
+from cnn_jax.models import summary  # noqa: E402
 from cnn_jax.models.resnet import CIFAR_DEPTHS  # noqa: E402
 
 # Published parameter counts: torchvision (ImageNet nets, 1000 classes), He et al. 2016 Table 6

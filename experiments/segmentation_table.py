@@ -31,7 +31,8 @@ sys.path.insert(0, ROOT)
 
 from offline_table import config_of, write_results  # noqa: E402  (this script's folder)
 
-from cnn_jax import summary, train  # noqa: E402
+from cnn_jax import train  # noqa: E402
+from cnn_jax.models import summary
 
 # (label, config file, extra flags): the claim a row is part of is in its label.
 ROWS = [

@@ -11,7 +11,7 @@ Two views, each timed in one process with JAX and PyTorch calls interleaved roun
   gradients, and data gradients for all but the first layer); both. The difference between the
   last two and the input-only pass is what the weight gradients cost.
 - each distinct 3x3 convolution of the model (its input shape): forward, data gradient and weight
-  gradient apart, ours (`cnn_jax.layers.Conv`, the layer every model uses) against torch's
+  gradient apart, ours (`cnn_jax.nn.layers.Conv`, the layer every model uses) against torch's
   `Conv2d`.
 
 Writes experiments/results/step_profile_<model>.md and .json. Explains the gap that
@@ -36,7 +36,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from cnn_jax import layers, train  # noqa: E402
+from cnn_jax import train  # noqa: E402
+from cnn_jax.nn import layers
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 

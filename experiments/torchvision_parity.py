@@ -15,7 +15,7 @@ efficientnet_b5 too, not its native 456, to stay cheap). Reported: max |ours - t
 over max |torch| (pass: < 1e-4); seconds include compiling (rows of one group share a start).
 
 Extra rows: googlenet with and without aux heads (torchvision's transform_input=False: True only
-comes with its pretrained weights, see cnn_jax.torchvision_weights), googlenet in train mode with
+comes with its pretrained weights, see cnn_jax.weights.torchvision), googlenet in train mode with
 dropout 0 (BN on batch statistics; the two aux heads' logits too), efficientnet_b0 without
 `torchvision_kwargs` (BN epsilon 1e-3 instead of torchvision's 1e-5: expected to fail), and
 single layers: conv, depthwise conv (both DepthwiseConv impls), linear, linear after a flatten.
@@ -34,8 +34,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cnn_jax import models  # noqa: E402
-from cnn_jax import torchvision_weights as tvw  # noqa: E402
-from cnn_jax.layers import DepthwiseConv  # noqa: E402
+from cnn_jax.nn.layers import DepthwiseConv  # noqa: E402
+from cnn_jax.weights import torchvision as tvw  # noqa: E402
 
 try:
   import torch
@@ -233,7 +233,7 @@ def main(names: list[str]) -> str:
     '# torchvision parity\n\n'
     'Written by `experiments/torchvision_parity.py` (its docstring says how to run it and what\n'
     'is compared): logits of our models with torchvision weights imported by\n'
-    '`cnn_jax.torchvision_weights` against torchvision, eval mode unless the case says train,\n'
+    '`cnn_jax.weights.torchvision` against torchvision, eval mode unless the case says train,\n'
     f'batch {BATCH} at {SIZE}x{SIZE}, random weights and BatchNorm statistics. Seconds include\n'
     'torch, conversion and compiling; grouped rows (googlenet train, layers) share a start.\n\n'
     f'- machine: {machine()}\n- versions: {versions}\n'

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from cnn_jax import data as data_lib
+from cnn_jax.core.errors import UserError
 from cnn_jax.data import pipeline
 from cnn_jax.data.datasets import DATASETS, Subset
-from cnn_jax.errors import UserError
 
 BATCH, SIZE, SEED = 32, 32, 0
 OFF = {'crop': False, 'flip': False, 'color_shift': 0.0}
@@ -195,7 +195,7 @@ def test_the_fields_override_from_the_command_line(monkeypatch):
 
 
 def test_trainer_passes_config_augment(data_dir, tmp_path):
-  """The trainer's batches follow config.augment (cnn_jax/train.py: _train_batches)."""
+  """The trainer's batches follow config.augment (cnn_jax/train/: _train_batches)."""
   from cnn_jax import train
 
   config = helpers.tiny_config(data_dir, **{'augment.crop': False, 'augment.color_shift': 0.1})

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import cli, data, train
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
 from configs import distill, lenet5
 
 # Keyword defaults of helpers.tiny_config; a call's own keywords win.

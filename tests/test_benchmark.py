@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import models
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
 from experiments import benchmark
 
 MEASURED = ('median_ms', 'min_ms', 'steps', 'images_per_s')

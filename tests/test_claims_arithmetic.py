@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import pytest
 
 from cnn_jax import models
-from cnn_jax.errors import UserError
-from cnn_jax.layers import MaxPool
+from cnn_jax.core.errors import UserError
+from cnn_jax.nn.layers import MaxPool
 from experiments import claims_arithmetic as ca
 
 

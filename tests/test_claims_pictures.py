@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import models
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

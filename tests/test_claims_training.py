@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'exp
 
 import claims_training  # noqa: E402
 
-from cnn_jax.errors import UserError  # noqa: E402
+from cnn_jax.core.errors import UserError  # noqa: E402
 
 
 def _args(tmp_path, data_dir, *extra):

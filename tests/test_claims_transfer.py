@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from cnn_jax.checkpoint import Checkpointer
-from cnn_jax.errors import UserError
+from cnn_jax.core.checkpoint import Checkpointer
+from cnn_jax.core.errors import UserError
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'experiments'))
 import claims_transfer  # noqa: E402

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cnn_jax import data, train
+from cnn_jax.core.errors import UserError
 from cnn_jax.data.datasets import class_subset, source_labels
-from cnn_jax.errors import UserError
 
 
 @pytest.fixture(scope='module')

@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from cnn_jax import optim, train
+from cnn_jax import train
+from cnn_jax.train import optim
 from configs import default
 
 CONFIG_DIR = pathlib.Path(__file__).parents[1] / 'configs'

@@ -1,4 +1,4 @@
-"""cnn_jax.conv / layers.Conv: the faster CPU weight gradient is lax's, and nothing else changes."""
+"""cnn_jax.nn.conv / layers.Conv: the faster CPU weight gradient is lax's, nothing else changes."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cnn_jax import conv, layers
+from cnn_jax.nn import conv, layers
 
 # (kernel, stride, padding, dilation, C_in, C_out, H = W): the cases the models use, and odd ones.
 CASES = [
@@ -119,7 +119,7 @@ def test_small_feature_maps_keep_xla_s_gradient(monkeypatch):
   ],
 )
 def test_max_pool_matches_flax_and_its_gradient_goes_to_the_first_maximum(window, strides, padding):
-  from cnn_jax import pooling
+  from cnn_jax.nn import pooling
 
   rng = np.random.default_rng(2)
   # Rounded values: many ties (as after a ReLU), where the gradient must go to one input only.
@@ -148,7 +148,7 @@ def test_max_pool_matches_flax_and_its_gradient_goes_to_the_first_maximum(window
 )
 @pytest.mark.parametrize('count_include_pad', [True, False])
 def test_avg_pool_and_its_gradient_match_flax(window, strides, padding, count_include_pad):
-  from cnn_jax import pooling
+  from cnn_jax.nn import pooling
 
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.normal(size=(2, 11, 13, 3)), jnp.float32)

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import crf
-from cnn_jax import segmentation as seg
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
+from cnn_jax.ops import crf
+from cnn_jax.ops import segmentation as seg
 
 
 def _scene(seed: int, size: int = 48):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from cnn_jax import data
+from cnn_jax.core.errors import UserError
 from cnn_jax.data import digits
-from cnn_jax.errors import UserError
 
 
 def _train(ds, **kw):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import models
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
 from cnn_jax.models.deeplab import (
   TINY_BACKBONE,
   aspp_rates_for,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from cnn_jax.deformable import DeformableConv, deform_conv2d
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
+from cnn_jax.nn.deformable import DeformableConv, deform_conv2d
 
 
 def _key(seed: int = 0) -> jax.Array:

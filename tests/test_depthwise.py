@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import depthwise
-from cnn_jax.depthwise import depthwise_conv
-from cnn_jax.errors import UserError
-from cnn_jax.layers import DepthwiseConv
+from cnn_jax.core.errors import UserError
+from cnn_jax.nn import depthwise
+from cnn_jax.nn.depthwise import depthwise_conv
+from cnn_jax.nn.layers import DepthwiseConv
 
 # (kernel, stride, dilation, padding, (H, W)): every value of each factor, odd and even sizes,
 # chosen so that each pair of (kernel, stride, dilation, padding kind) appears at least once

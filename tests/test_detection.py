@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import detection as det
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
+from cnn_jax.models.yolo import YOLO, DetectionHead
+from cnn_jax.ops import detection as det
+from cnn_jax.ops import detection_metrics as det_metrics
 
 ANCHORS = ((2.0, 1.0), (1.0, 2.0))  # the notes' tall (pedestrian) and wide (car) anchor boxes
 _loss_static = ('anchors', 'box_weight', 'no_object_weight', 'class_loss')
@@ -278,7 +280,7 @@ def test_loss_rejects_bad_input():
 
 @pytest.mark.slow
 def test_head_shapes_and_initial_predictions():
-  head = det.DetectionHead(num_anchors=2, num_classes=3, kernel_size=3)
+  head = DetectionHead(num_anchors=2, num_classes=3, kernel_size=3)
   # A feature map of unit scale, like a BatchNorm'd backbone's.
   feats = jnp.asarray(np.random.default_rng(3).normal(size=(2, 5, 4, 16)), jnp.float32)
   variables = jax.jit(head.init)(jax.random.key(0), feats)
@@ -297,7 +299,7 @@ def test_head_shapes_and_initial_predictions():
 def test_yolo_on_a_registered_backbone():
   # Shape inference only (jax.eval_shape): compiling even resnet_tiny's init takes tens of seconds
   # on the shared 2-core machine, and the head's numbers are tested above.
-  model = det.YOLO(num_classes=3, backbone='resnet_tiny', anchors=[[2, 1], [1, 2]])
+  model = YOLO(num_classes=3, backbone='resnet_tiny', anchors=[[2, 1], [1, 2]])
   assert model.anchors == ANCHORS  # lists from a config become a hashable tuple
   # resnet_tiny (CIFAR stem, 3 stages): stride 4, so a 32x32 input gives an 8x8 grid.
   assert model.grid_shape((32, 32, 3)) == (8, 8)
@@ -329,26 +331,26 @@ def test_nms_per_class_hand_cases():
   )
   scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.05])
   classes = np.array([0, 0, 0, 1, 0, 1])
-  assert det.nms(boxes, scores, classes).tolist() == [0, 2, 3, 5]
-  assert det.nms(boxes, scores, classes, score_threshold=0.1).tolist() == [0, 2, 3]
-  assert det.nms(boxes, scores, classes, max_detections=2).tolist() == [0, 2]
+  assert det_metrics.nms(boxes, scores, classes).tolist() == [0, 2, 3, 5]
+  assert det_metrics.nms(boxes, scores, classes, score_threshold=0.1).tolist() == [0, 2, 3]
+  assert det_metrics.nms(boxes, scores, classes, max_detections=2).tolist() == [0, 2]
   # A higher threshold lets the IoU-0.5 box through, not the 0.68 one.
-  assert det.nms(boxes, scores, classes, iou_threshold=0.6).tolist() == [0, 2, 3, 4, 5]
+  assert det_metrics.nms(boxes, scores, classes, iou_threshold=0.6).tolist() == [0, 2, 3, 4, 5]
   # Class-blind input (all class 0): box 3 now duplicates box 0.
-  assert det.nms(boxes, scores, np.zeros(6, int)).tolist() == [0, 2]
-  assert det.nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int)).tolist() == []
+  assert det_metrics.nms(boxes, scores, np.zeros(6, int)).tolist() == [0, 2]
+  assert det_metrics.nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int)).tolist() == []
 
 
 def test_nms_is_greedy_suppressed_boxes_suppress_nothing():
   # B overlaps A (IoU 70 / 130 = 0.54) and C (0.54); C and A overlap 40 / 160 = 0.25. A is kept,
   # B suppressed by A, so C survives although B would have suppressed it.
   boxes = np.array([[0, 0, 10, 10], [0, 3, 10, 13], [0, 6, 10, 16]], float)
-  assert det.nms(boxes, [0.9, 0.8, 0.7], [0, 0, 0]).tolist() == [0, 2]
+  assert det_metrics.nms(boxes, [0.9, 0.8, 0.7], [0, 0, 0]).tolist() == [0, 2]
   # Equal scores: the lower index goes first.
-  assert det.nms(boxes[:2], [0.5, 0.5], [0, 0]).tolist() == [0]
-  assert det.nms(boxes[:2][::-1], [0.5, 0.5], [0, 0]).tolist() == [0]
+  assert det_metrics.nms(boxes[:2], [0.5, 0.5], [0, 0]).tolist() == [0]
+  assert det_metrics.nms(boxes[:2][::-1], [0.5, 0.5], [0, 0]).tolist() == [0]
   with pytest.raises(UserError, match='iou_threshold=1.5'):
-    det.nms(boxes, [0.9, 0.8, 0.7], [0, 0, 0], iou_threshold=1.5)
+    det_metrics.nms(boxes, [0.9, 0.8, 0.7], [0, 0, 0], iou_threshold=1.5)
 
 
 def test_decode_outputs_recovers_the_objects_through_nms():
@@ -375,7 +377,9 @@ def test_decode_outputs_recovers_the_objects_through_nms():
   raw[i, j, 1 - a] = raw[i, j, a]
   raw[i, j, 1 - a, 0] = 2.0
   raw[i, j, 1 - a, 3:5] += np.log(np.asarray(ANCHORS[a]) / np.asarray(ANCHORS[1 - a]))
-  (found,) = det.decode_outputs(raw[None], anchors=ANCHORS, image_size=image, score_threshold=0.5)
+  (found,) = det_metrics.decode_outputs(
+    raw[None], anchors=ANCHORS, image_size=image, score_threshold=0.5
+  )
   assert len(found.scores) == 3
   order = np.argsort(found.boxes[:, 0])
   want = np.argsort(boxes[:, 0])
@@ -389,7 +393,7 @@ GT = ([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 0])  # one image, two objects of c
 
 
 def _map(detections, ground_truth=(GT,), **kw):
-  return det.mean_average_precision(detections, list(ground_truth), num_classes=1, **kw)
+  return det_metrics.mean_average_precision(detections, list(ground_truth), num_classes=1, **kw)
 
 
 def test_average_precision_hand_cases():
@@ -423,8 +427,8 @@ def test_match_detections_does_not_fall_back_to_the_second_best():
   gt = [[0, 0, 10, 10], [0, 4, 10, 14]]
   boxes = [[0, 0, 10, 10], [0, 1, 10, 11]]
   assert det.iou(np.array(boxes[1:]), np.array(gt)).round(2).tolist() == [[0.82, 0.54]]
-  assert det.match_detections(boxes, [0.9, 0.8], gt).tolist() == [True, False]
-  assert det.match_detections(boxes, [0.7, 0.8], gt).tolist() == [False, True]
+  assert det_metrics.match_detections(boxes, [0.9, 0.8], gt).tolist() == [True, False]
+  assert det_metrics.match_detections(boxes, [0.7, 0.8], gt).tolist() == [False, True]
 
 
 def test_mean_average_precision_over_classes_and_images():
@@ -433,11 +437,11 @@ def test_mean_average_precision_over_classes_and_images():
     ([[0, 0, 10, 10]], [0.7], [0]),  # misses its class-1 object
   ]
   gts = [([[0, 0, 10, 10], [0, 0, 0, 0]], [0, -1]), ([[0, 0, 10, 10], [30, 30, 40, 40]], [0, 1])]
-  m = det.mean_average_precision(dets, gts, num_classes=3)
+  m = det_metrics.mean_average_precision(dets, gts, num_classes=3)
   assert m['per_class_ap'][:2].tolist() == [1.0, 0.0] and np.isnan(m['per_class_ap'][2])
   assert m['mean_ap'] == 0.5  # mean over the classes that have ground truth
   with pytest.raises(UserError, match='2 images of detections but 1 of ground truth'):
-    det.mean_average_precision(dets, gts[:1], num_classes=3)
+    det_metrics.mean_average_precision(dets, gts[:1], num_classes=3)
 
 
 def _loop_map(dets, gts, num_classes, iou_threshold=0.5):
@@ -487,6 +491,6 @@ def test_mean_average_precision_matches_a_loop_on_random_data():
     d_classes[0] = (d_classes[0] + rng.integers(0, 2)) % num_classes  # sometimes a wrong class
     dets.append((d_boxes, rng.uniform(0, 1, len(d_classes)).round(1), d_classes))  # with ties
     gts.append((g_boxes, g_classes))
-  got = det.mean_average_precision(dets, gts, num_classes=num_classes)['mean_ap']
+  got = det_metrics.mean_average_precision(dets, gts, num_classes=num_classes)['mean_ap']
   assert 0.2 < got < 1.0  # a non-trivial case
   assert got == pytest.approx(_loop_map(dets, gts, num_classes), abs=1e-12)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import tasks, train
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
 from configs import distill
 
 

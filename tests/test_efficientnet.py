@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
 from cnn_jax.models.efficientnet import (
   EFFICIENTNET_PARAMS,
   MBConv,

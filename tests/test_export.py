@@ -10,9 +10,11 @@ import pytest
 import tensorflow as tf
 from test_predict import DEFAULT_OVERRIDES, default_config, tiny_config, trained_run
 
-from cnn_jax import cli, export, train
+from cnn_jax import cli, train
 from cnn_jax import data as data_lib
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
+from cnn_jax.inference import export
+from cnn_jax.weights import npz
 
 
 @pytest.fixture(scope='module')
@@ -42,7 +44,7 @@ def test_saved_model_gives_the_jax_logits(tiny_run, data_dir, capsys):
   with open(os.path.join(tiny_run, 'summary.json')) as f:
     assert info['params_sha256'] == json.load(f)['params_sha256']  # the trained weights
   # The weights file holds exactly the checkpoint's params and BatchNorm statistics.
-  saved = export.load_npz(os.path.join(out, 'variables.npz'))
+  saved = npz.load_npz(os.path.join(out, 'variables.npz'))
   assert jax.tree.structure(saved) == jax.tree.structure(variables)
   for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(variables), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -77,7 +79,7 @@ def test_npz_round_trip(tmp_path):
     'batch_stats': {'bn': {'mean': np.zeros(2, np.float32), 'var': np.ones(2, np.float32)}},
   }
   path = str(tmp_path / 'w.npz')
-  assert export.save_npz(path, variables) == 4
+  assert npz.save_npz(path, variables) == 4
   with np.load(path) as f:
     assert sorted(f.files) == [
       'batch_stats/bn/mean',
@@ -85,7 +87,7 @@ def test_npz_round_trip(tmp_path):
       'params/conv/kernel',
       'params/head/bias',
     ]
-  back = export.load_npz(path)
+  back = npz.load_npz(path)
   assert jax.tree.structure(back) == jax.tree.structure(variables)
   for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(variables), strict=True):
     np.testing.assert_array_equal(a, b)

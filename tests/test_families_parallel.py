@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from cnn_jax import data, parallel, train
+from cnn_jax import data, train
+from cnn_jax.core import parallel
 from cnn_jax.models.deeplab import TINY_BACKBONE
 
 # config file -> (tiny model, image size)

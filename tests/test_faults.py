@@ -1,7 +1,8 @@
 """Faults: kill -9 at each place of the training loop or SIGTERM, rerun the same command, and get
 the uninterrupted run back (the same parameters and the same loss at every step).
 
-Each kill is exact, not a race against a timer: CNN_JAX_FAULT=<point>@<step> (cnn_jax/faults.py)
+Each kill is exact, not a race against a timer: CNN_JAX_FAULT=<point>@<step>
+(cnn_jax/core/faults.py)
 makes the run SIGKILL itself there. Subprocesses of main.py, the tiny config on 4 simulated
 devices; slow (about 15 runs of main.py), so they run in CI's second step: pytest -m slow.
 """

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
 from cnn_jax.models.fcn import FCN, fcn, fcn_resnet, fcn_resnet_tiny, fcn_tiny
 from cnn_jax.models.unet import unet, unet_tiny, unet_valid
 from cnn_jax.models.vgg import vgg, vgg_tiny
-from cnn_jax.upsample import UPSAMPLE_MODES, Upsample, bilinear_kernel
+from cnn_jax.nn.upsample import UPSAMPLE_MODES, Upsample, bilinear_kernel
 
 # A train step's compile time is what these tests spend on XLA:CPU; cheaper LLVM passes cut it
 # and change no result checked here.

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import models, summary
-from cnn_jax.errors import UserError
+from cnn_jax import models
+from cnn_jax.core.errors import UserError
+from cnn_jax.models import summary
 from cnn_jax.models.googlenet import INCEPTION_CONFIGS, STEM_WIDTHS, googlenet_tiny
 
 TINY_MODULES = ('inception3a', 'inception4a', 'inception4d', 'inception5a')

@@ -19,8 +19,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from cnn_jax import train
-from cnn_jax.checkpoint import Checkpointer, tree_sha256
-from cnn_jax.errors import UserError
+from cnn_jax.core.checkpoint import Checkpointer, tree_sha256
+from cnn_jax.core.errors import UserError
 
 # Keyword defaults of helpers.tiny_config; a call's own keywords win.
 _tiny = functools.partial(
@@ -258,7 +258,7 @@ def test_crash_during_a_save_reruns_from_the_previous_checkpoint(trained, workdi
 _WRITER = """
 import sys
 import numpy as np
-from cnn_jax.checkpoint import Checkpointer
+from cnn_jax.core.checkpoint import Checkpointer
 ckpt = Checkpointer(sys.argv[1])
 w = np.random.default_rng(0).normal(size=(1 << 25,)).astype(np.float32)
 ckpt.save(1, {'w': w[:1000]})

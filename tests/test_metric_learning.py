@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import metric_learning as ml
 from cnn_jax import models
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
+from cnn_jax.models.encoder import Encoder, encoder
+from cnn_jax.ops import metric_learning as ml
 
 # ---------------------------------------------------------------------------------------------
 # NumPy references: one loop per anchor, positive, negative.
@@ -305,13 +306,13 @@ def test_pk_batch_rejects_impossible_requests():
 
 def test_encoder_on_tiny_backbones():
   x = jnp.asarray(np.random.default_rng(11).normal(size=(4, 16, 16, 3)), jnp.float32)
-  net = ml.encoder('resnet_tiny', embedding_dim=8)
+  net = encoder('resnet_tiny', embedding_dim=8)
 
   @_jit_fast
   def run(x):  # one compile: init, a train-mode call, the Siamese distance, an eval-mode call
     variables = net.init(jax.random.key(0), x)
     emb, updates = net.apply(variables, x, train=True, mutable=['batch_stats'])
-    d = net.apply(variables, x[:2], x[2:], method=ml.Encoder.distance)
+    d = net.apply(variables, x[:2], x[2:], method=Encoder.distance)
     return variables, emb, updates, d, net.apply(variables, x)
 
   variables, emb, updates, d, e = run(x)
@@ -326,22 +327,22 @@ def test_encoder_on_tiny_backbones():
   np.testing.assert_allclose(d, np.sum((e[:2] - e[2:]) ** 2, axis=1), rtol=1e-4, atol=1e-6)
   assert float(np.max(d)) > 1e-4  # different images, different embeddings
 
-  raw = ml.encoder('lenet5', embedding_dim=5, normalize=False, feature='stage2')  # a 4-D map
+  raw = encoder('lenet5', embedding_dim=5, normalize=False, feature='stage2')  # a 4-D map
   shapes = jax.eval_shape(raw.init, jax.random.key(0), jnp.zeros((2, 32, 32, 1)))
   assert shapes['params']['embedding']['kernel'].shape == (16, 5)  # pooled stage2: 16 channels
-  g = ml.encoder('googlenet_tiny')
+  g = encoder('googlenet_tiny')
   assert g.backbone.aux_logits is False and g.backbone.num_classes == 1
 
 
 def test_encoder_rejects_segmentation_models_and_unknown_features():
   with pytest.raises(UserError, match="'unet_tiny' is a segmentation model"):
-    ml.encoder('unet_tiny')
+    encoder('unet_tiny')
   with pytest.raises(UserError, match="no feature 'pool9'.*pre_logits"):
-    net = ml.encoder('lenet5', feature='pool9')
+    net = encoder('lenet5', feature='pool9')
     jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 32, 32, 1)))  # traces, no compute
   with pytest.raises(UserError, match='unknown model'):
-    ml.encoder('resnet_tinyy')
+    encoder('resnet_tinyy')
   # Every registered classifier can be wrapped (construction only: no tracing).
   for name in models.list_models():
     if not models.is_segmentation(name):
-      assert isinstance(ml.encoder(name, embedding_dim=4).backbone, type(models.create(name)))
+      assert isinstance(encoder(name, embedding_dim=4).backbone, type(models.create(name)))

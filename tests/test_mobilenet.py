@@ -8,11 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import summary
-from cnn_jax.errors import UserError
-from cnn_jax.layers import BatchNorm, DepthwiseConv, PointwiseConv
-from cnn_jax.models import mobilenet
+from cnn_jax.core.errors import UserError
+from cnn_jax.models import mobilenet, summary
 from cnn_jax.models.mobilenet import InvertedResidual, make_divisible
+from cnn_jax.nn.layers import BatchNorm, DepthwiseConv, PointwiseConv
 
 
 def _key(seed: int = 0) -> jax.Array:

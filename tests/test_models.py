@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import models
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
 from cnn_jax.models.resnet import CIFAR_DEPTHS, ResNet
 
 

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
 from cnn_jax.models.alexnet import AdaptiveAvgPool, adaptive_bins, alexnet, alexnet_tiny
 from cnn_jax.models.squeezenet import CeilMaxPool, ceil_pool_padding, squeezenet, squeezenet_tiny
+from cnn_jax.models.summary import summarize
 from cnn_jax.models.vgg import vgg, vgg_tiny
-from cnn_jax.summary import summarize
 
 
 def _key(seed: int = 0) -> jax.Array:

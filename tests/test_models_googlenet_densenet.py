@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import summary
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
+from cnn_jax.models import summary
 from cnn_jax.models.densenet import block_channels, densenet, densenet_tiny
 from cnn_jax.models.googlenet import (
   AdaptiveAvgPool,

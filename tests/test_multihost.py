@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import train
-from cnn_jax.checkpoint import Checkpointer
+from cnn_jax.core.checkpoint import Checkpointer
 from configs import resnet
 
 # 4 steps at a constant small learning rate: the gloo all-reduce sums in another order than the

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import tasks
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
 from configs import noisy_student
 
 # resnet_tiny at 16x16, 1 iteration (teacher + one student), 6 steps each, 2 labelled digits per
@@ -98,7 +98,7 @@ def test_kill_mid_iteration_then_rerun_matches(reference, tmp_path, data_dir):
 def test_bad_settings_are_clear_errors():
   config = noisy_student.get_config()
   config.noisy_student.labeled_fraction = 1.5
-  from cnn_jax import noisy_student as ns
+  from cnn_jax.recipes import noisy_student as ns
 
   with pytest.raises(UserError, match='fraction'):
     ns.run(config, '/tmp/unused')

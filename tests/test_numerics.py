@@ -16,10 +16,11 @@ import numpy as np
 import optax
 import pytest
 
-from cnn_jax import parallel, tasks, train
-from cnn_jax.checkpoint import Checkpointer
-from cnn_jax.errors import UserError
-from cnn_jax.parallel import AXIS
+from cnn_jax import tasks, train
+from cnn_jax.core import parallel
+from cnn_jax.core.checkpoint import Checkpointer
+from cnn_jax.core.errors import UserError
+from cnn_jax.core.parallel import AXIS
 
 # Keyword defaults of helpers.tiny_config; a call's own keywords win.
 _tiny = functools.partial(

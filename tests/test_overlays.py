@@ -3,7 +3,7 @@
 import matplotlib.image
 import numpy as np
 
-from cnn_jax import overlays
+from cnn_jax.core import overlays
 
 
 def test_grey_image_column_is_grey_and_labels_are_coloured(tmp_path):

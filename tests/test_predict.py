@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_jax import cli, predict, tasks, train
+from cnn_jax import cli, tasks, train
 from cnn_jax import data as data_lib
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
+from cnn_jax.inference import predict
 from configs import resnet, unet
 
 

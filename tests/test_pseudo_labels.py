@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cnn_jax import pseudo_labels as pl
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
+from cnn_jax.recipes import pseudo_labels as pl
 
 
 def _logits(classes, confidences, k: int) -> np.ndarray:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cnn_jax.core.errors import UserError
 from cnn_jax.data import randaugment as ra
-from cnn_jax.errors import UserError
 
 _SEEDS = [tf.constant([s, 7], tf.int64) for s in range(4, 8)]  # signs +, -, -, +
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from cnn_jax import data, tasks, train
+from cnn_jax.core.errors import UserError
 from cnn_jax.data import digit_scenes
-from cnn_jax.errors import UserError
 from configs import triplet as triplet_config
 from configs import yolo as yolo_config
 
@@ -95,7 +95,7 @@ def test_yolo_recipe_trains_and_scores_map_whatever_the_eval_padding(scenes_dir,
   assert again['map50'] == pytest.approx(summary['test_map50'], abs=1e-6)
   assert again['loss'] == pytest.approx(summary['test_loss'], rel=1e-5)
   # --mode=predict on three test scenes saved as PNG files gives the eval path's detections.
-  from cnn_jax import predict
+  from cnn_jax.inference import predict
 
   config = _yolo(scenes_dir)
   exp = train.build(config, workdir)

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import summary
-from cnn_jax.deformable import DeformableConv
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
+from cnn_jax.models import summary
 from cnn_jax.models.resnet import DILATION_FOR_OUTPUT_STRIDE, resnet, resnet_tiny, seresnet
+from cnn_jax.nn.deformable import DeformableConv
 
 
 def _key(seed: int = 0) -> jax.Array:

@@ -17,8 +17,9 @@ import os
 
 import pytest
 
-from cnn_jax import sweep, train
-from cnn_jax.errors import UserError
+from cnn_jax import train
+from cnn_jax.core.errors import UserError
+from cnn_jax.recipes import sweep
 from configs import resnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,7 +157,7 @@ def test_teacher_workdir_may_not_be_the_students(tmp_path, data_dir, relative):
 
 
 def test_default_teacher_and_iterations_are_inside_the_workdir(tmp_path):
-  from cnn_jax import noisy_student
+  from cnn_jax.recipes import noisy_student
   from configs import distill
 
   workdir = str(tmp_path / 'w')

@@ -9,8 +9,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cnn_jax import data
+from cnn_jax.core.errors import UserError
 from cnn_jax.data import digit_scenes, digits, pipeline
-from cnn_jax.errors import UserError
 
 IGNORE = 255
 

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import segmentation as seg
-from cnn_jax.errors import UserError
-from cnn_jax.parallel import AXIS, ShardMapRunner
+from cnn_jax.core.errors import UserError
+from cnn_jax.core.parallel import AXIS, ShardMapRunner
+from cnn_jax.ops import segmentation as seg
 
 C = 5
 # Jitted once per shape (most tests share (4, 6, 7)): eager dispatch compiles every primitive for

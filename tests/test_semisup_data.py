@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from cnn_jax import data
+from cnn_jax.core.errors import UserError
 from cnn_jax.data.datasets import source_labels
-from cnn_jax.errors import UserError
 
 SIZE = 16
 

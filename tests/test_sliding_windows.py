@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from cnn_jax import models
-from cnn_jax import sliding_windows as sw
-from cnn_jax.errors import UserError
-from cnn_jax.layers import Conv, MaxPool
+from cnn_jax.core.errors import UserError
+from cnn_jax.models import sliding_windows as sw
+from cnn_jax.nn.layers import Conv, MaxPool
 
 
 def _count(tree) -> int:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_jax import cli, style_recipe
-from cnn_jax.errors import UserError
+from cnn_jax import cli
+from cnn_jax.core.errors import UserError
+from cnn_jax.recipes import style as style_recipe
 from configs import style_transfer
 
 OUTPUTS = ('stylised.png', 'content.png', 'style.png', 'loss_curve.png', 'summary.json')

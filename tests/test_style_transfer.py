@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from cnn_jax import models
-from cnn_jax import style_transfer as st
-from cnn_jax.errors import UserError
+from cnn_jax.core.errors import UserError
+from cnn_jax.recipes import style_transfer as st
 
 
 def _random(shape, seed):

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax import models
-from cnn_jax.summary import format_table, summarize
+from cnn_jax.models.summary import format_table, summarize
 
 
 def test_lenet5_rows_equal_course_table():

@@ -1,4 +1,4 @@
-"""Sweeps (cnn_jax/sweep.py) and EfficientNet compound scaling (cnn_jax/scaling.py), its user."""
+"""Sweeps (cnn_jax/recipes/sweep.py) and its user, compound scaling (cnn_jax/recipes/scaling.py)."""
 
 import csv
 import functools
@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cnn_jax import cli, models, scaling, sweep
-from cnn_jax.errors import UserError
+from cnn_jax import cli, models
+from cnn_jax.core.errors import UserError
 from cnn_jax.models.efficientnet import (
   B0_STAGES,
   EFFICIENTNET_PARAMS,
@@ -25,6 +25,7 @@ from cnn_jax.models.efficientnet import (
   round_repeats,
   scaled_layout,
 )
+from cnn_jax.recipes import scaling, sweep
 from configs import efficientnet_sweep, resnet_lr_sweep
 
 # The LR sweep of configs/resnet.py on resnet_tiny, 16x16 digits, one device, XLA at -O0 (~3 s

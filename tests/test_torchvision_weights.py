@@ -14,9 +14,9 @@ import pytest
 from flax import traverse_util
 
 from cnn_jax import models
-from cnn_jax import torchvision_weights as tvw
-from cnn_jax.errors import UserError
-from cnn_jax.layers import DepthwiseConv
+from cnn_jax.core.errors import UserError
+from cnn_jax.nn.layers import DepthwiseConv
+from cnn_jax.weights import torchvision as tvw
 
 # name -> (model fields, torchvision state-dict size, a few (key, shape) of torchvision's).
 # vgg11_bn and alexnet keep their names but get 64-wide fcs (their 4096-wide ones are 0.5 GB).

@@ -7,8 +7,10 @@ import os
 import helpers
 import pytest
 
-from cnn_jax import logs, optim, train
-from cnn_jax.errors import UserError
+from cnn_jax import train
+from cnn_jax.core import logs
+from cnn_jax.core.errors import UserError
+from cnn_jax.train import optim
 from configs import lenet5, resnet
 
 # Keyword defaults of helpers.tiny_config; a call's own keywords win.
@@ -156,7 +158,8 @@ def test_aux_logits_add_weighted_losses():
   import numpy as np
   import optax
 
-  from cnn_jax import parallel, tasks
+  from cnn_jax import tasks
+  from cnn_jax.core import parallel
 
   class WithAux(nn.Module):
     aux_weight: float = 0.3

@@ -1,4 +1,5 @@
-"""config.init_from and config.freeze (cnn_jax/transfer.py): fine-tuning a new head on a frozen
+"""config.init_from and config.freeze (cnn_jax/weights/transfer.py): fine-tuning a new head on a
+frozen
 backbone, loading rules, and their errors."""
 
 import os
@@ -11,9 +12,11 @@ import optax
 import pytest
 from flax import traverse_util
 
-from cnn_jax import layers, models, train, transfer
-from cnn_jax.checkpoint import Checkpointer
-from cnn_jax.errors import UserError
+from cnn_jax import models, train
+from cnn_jax.core.checkpoint import Checkpointer
+from cnn_jax.core.errors import UserError
+from cnn_jax.nn import layers
+from cnn_jax.weights import transfer
 
 
 def _flat(tree):

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from cnn_jax.errors import UserError, close_matches
+from cnn_jax.core.errors import UserError, close_matches
+from cnn_jax.core.quiet_tf import tfds
 
 FOLDER_PREFIX = 'folder:'
 

@@ -21,8 +21,8 @@ Each example also carries its bookkeeping: the source digits' indices into
 import functools
 
 import numpy as np
-import tensorflow_datasets as tfds
 
+from cnn_jax.core.quiet_tf import tfds
 from cnn_jax.data import digits
 
 SIZE = 64  # canvas side

@@ -6,7 +6,8 @@ values 0..16 stored as uint8 0..255. A fixed, stratified 80/20 train/test split 
 """
 
 import numpy as np
-import tensorflow_datasets as tfds
+
+from cnn_jax.core.quiet_tf import tfds
 
 _SPLIT_SEED = 0
 _TEST_FRACTION = 0.2

@@ -36,11 +36,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
+from cnn_jax.core.errors import UserError
+from cnn_jax.core.quiet_tf import tf
 from cnn_jax.data import randaugment as randaugment_lib
 from cnn_jax.data.datasets import Dataset, DatasetSpec, Source, Subset, object_rows
-from cnn_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
 

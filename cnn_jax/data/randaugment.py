@@ -41,9 +41,8 @@ import math
 import numbers
 from collections.abc import Callable
 
-import tensorflow as tf
-
-from cnn_jax.errors import UserError, close_matches
+from cnn_jax.core.errors import UserError, close_matches
+from cnn_jax.core.quiet_tf import tf
 
 MAX_MAGNITUDE = 30.0  # the paper's scale: M in [0, 30]
 MAX_TRANSLATE = 150 / 331  # AutoAugment's ImageNet range, as a fraction of the side

@@ -9,11 +9,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.errors import UserError, close_matches
+from cnn_jax.core.errors import UserError, close_matches
 from cnn_jax.models.alexnet import alexnet, alexnet_tiny
 from cnn_jax.models.deeplab import deeplab_tiny, deeplabv3, deeplabv3plus, deeplabv3plus_tiny
 from cnn_jax.models.densenet import densenet, densenet_tiny
 from cnn_jax.models.efficientnet import efficientnet, efficientnet_tiny, efficientnet_variant
+from cnn_jax.models.encoder import encoder, encoder_tiny
 from cnn_jax.models.fcn import fcn, fcn_resnet, fcn_resnet_tiny, fcn_tiny
 from cnn_jax.models.googlenet import googlenet, googlenet_tiny
 from cnn_jax.models.lenet import LeNet5
@@ -27,46 +28,7 @@ from cnn_jax.models.resnet import ResNet, plain, resnet, resnet_tiny, seresnet
 from cnn_jax.models.squeezenet import squeezenet, squeezenet_tiny
 from cnn_jax.models.unet import unet, unet_tiny, unet_valid
 from cnn_jax.models.vgg import vgg, vgg_tiny
-
-
-def yolo(**kwargs: Any) -> nn.Module:
-  """cnn_jax.detection.YOLO: a conv detection head on a registered backbone (module fields)."""
-  from cnn_jax.detection import YOLO  # imports this registry for its backbone
-
-  return YOLO(**kwargs)
-
-
-def yolo_tiny(**kwargs: Any) -> nn.Module:
-  """YOLO on a small ResNet with the ImageNet stem (stride 8 at 'stage2': an 8x8 grid at 64 px,
-  the digit_boxes scenes), one 2.5-cell anchor (the scenes' digits are 16-24 px), 3x3 head."""
-  defaults = dict(
-    num_classes=10,
-    backbone='resnet_tiny',
-    backbone_kwargs={'stem': 'imagenet', 'widths': (16, 32, 64)},
-    feature='stage2',
-    anchors=((2.5, 2.5),),
-    head_kernel_size=3,
-  )
-  return yolo(**(defaults | kwargs))
-
-
-def encoder(*, backbone: str = 'resnet20', num_classes: int = 0, **kwargs: Any) -> nn.Module:
-  """cnn_jax.metric_learning.encoder: f(x), an embedding on a registered classifier backbone.
-
-  Keyword fields of `metric_learning.encoder` (embedding_dim, normalize, feature, dtype) and of
-  the backbone (norm_axis_name, widths, ...). num_classes is not the encoder's: it is accepted,
-  as every registered model takes it, and left unused (the embedding has no classes).
-  """
-  del num_classes
-  from cnn_jax import metric_learning
-
-  return metric_learning.encoder(backbone, **kwargs)
-
-
-def encoder_tiny(**kwargs: Any) -> nn.Module:
-  """An encoder on resnet_tiny with a 16-dimensional embedding, for tests."""
-  return encoder(**({'backbone': 'resnet_tiny', 'embedding_dim': 16} | kwargs))
-
+from cnn_jax.models.yolo import yolo, yolo_tiny
 
 # name -> constructor; keyword arguments of `create` go to the constructor (module fields).
 _MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -152,10 +114,10 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
   'unet_tiny': unet_tiny,
   'deeplab_tiny': deeplab_tiny,
   'deeplabv3plus_tiny': deeplabv3plus_tiny,
-  # Detection (cnn_jax/detection.py): raw YOLO outputs (B, S_h, S_w, anchors, 5 + classes).
+  # Detection (cnn_jax/models/yolo.py): raw YOLO outputs (B, S_h, S_w, anchors, 5 + classes).
   'yolo': yolo,
   'yolo_tiny': yolo_tiny,
-  # Metric learning (cnn_jax/metric_learning.py): embeddings (B, D) for the triplet loss.
+  # Metric learning (cnn_jax/models/encoder.py): embeddings (B, D) for the triplet loss.
   'encoder': encoder,
   'encoder_tiny': encoder_tiny,
 }

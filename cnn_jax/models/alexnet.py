@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax.errors import UserError
-from cnn_jax.layers import Conv, Flatten, MaxPool, dense_kernel_init
+from cnn_jax.core.errors import UserError
+from cnn_jax.nn.layers import Conv, Flatten, MaxPool, dense_kernel_init
 
 
 def adaptive_bins(size: int, output_size: int) -> list[tuple[int, int]]:

@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
-from cnn_jax.errors import UserError
-from cnn_jax.layers import BatchNorm, Conv, DepthwiseConv, conv_kernel_init, dense_kernel_init
+from cnn_jax.core.errors import UserError
 from cnn_jax.models.fcn import FCNHead  # torchvision's; also FCN-ResNet's heads
 from cnn_jax.models.resnet import DILATION_FOR_OUTPUT_STRIDE
+from cnn_jax.nn.layers import BatchNorm, Conv, DepthwiseConv, conv_kernel_init, dense_kernel_init
 
 ModuleDef = Any
 
@@ -185,7 +185,7 @@ class DeepLab(nn.Module):
   aux_loss: bool = False  # torchvision's auxiliary FCNHead (training only)
   aux_feature: str = 'stage3'
   aux_weight: float = 0.5  # read by the trainer: loss += aux_weight * loss(aux logits)
-  depthwise_impl: str = 'auto'  # 'auto' | 'shift' | 'grouped' (cnn_jax.depthwise)
+  depthwise_impl: str = 'auto'  # 'auto' | 'shift' | 'grouped' (cnn_jax.nn.depthwise)
   dtype: Any = jnp.float32
   norm_axis_name: str | None = None  # BatchNorm statistics averaged over this axis
 

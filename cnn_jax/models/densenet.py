@@ -21,8 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.errors import UserError
-from cnn_jax.layers import AvgPool, BatchNorm, Conv, GlobalAvgPool, MaxPool, dense_kernel_init
+from cnn_jax.core.errors import UserError
+from cnn_jax.nn.layers import AvgPool, BatchNorm, Conv, GlobalAvgPool, MaxPool, dense_kernel_init
 
 ModuleDef = Any
 

@@ -15,7 +15,7 @@ Deviations from torchvision, on purpose:
   `bn_epsilon=1e-5` (and `bn_momentum=0.9` for fine-tuning like torchvision).
 - The last 1x1 conv has `round_filters(1280, width)` channels (the paper's code); torchvision uses
   4x the last stage's channels. Both give the same number for all eight variants.
-- The squeeze-excite FCs use `cnn_jax.layers.SqueezeExcite`'s init, not kaiming fan_out.
+- The squeeze-excite FCs use `cnn_jax.nn.layers.SqueezeExcite`'s init, not kaiming fan_out.
 """
 
 import dataclasses
@@ -28,8 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.errors import UserError
-from cnn_jax.layers import (
+from cnn_jax.core.errors import UserError
+from cnn_jax.nn.layers import (
   BatchNorm,
   Conv,
   DepthwiseConv,
@@ -245,7 +245,7 @@ class EfficientNet(nn.Module):
     conv = partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init)
     # The 1x1 convs run as one matmul on CPU (2-3.5x faster there than XLA's 1x1 convolution),
     # as nn.Conv elsewhere; BatchNorm is flax's with a training forward that is cheaper on
-    # XLA:CPU. Parameters are those of nn.Conv and nn.BatchNorm either way (cnn_jax.layers).
+    # XLA:CPU. Parameters are those of nn.Conv and nn.BatchNorm either way (cnn_jax.nn.layers).
     pointwise = partial(
       PointwiseConv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init
     )
@@ -325,7 +325,8 @@ def efficientnet(
 ) -> EfficientNet:
   """B0 scaled by any width and depth multipliers; kwargs set fields.
 
-  Registered as 'efficientnet_scaled': the path of compound-scaling sweeps (cnn_jax/scaling.py,
+  Registered as 'efficientnet_scaled': the path of compound-scaling sweeps
+  (cnn_jax/recipes/scaling.py,
   configs/efficientnet_sweep.py), where the resolution is config.image_size. The named B0-B7 come
   from `EFFICIENTNET_PARAMS` instead (`efficientnet_variant`).
   """

@@ -9,7 +9,7 @@ x2-upsampled scores to a 1x1 scoring of pool4 (stride 16) and upsamples that x16
 (stride 8) the same way and upsamples x8. Layer names are the Caffe model's: 'fc6', 'fc7',
 'score_fr', 'score_pool4', 'score_pool3', 'upscore' (32s), 'upscore2', 'upscore16' (16s),
 'upscore_pool4', 'upscore8' (8s). As in the paper, the scoring layers start at zero and the
-transposed convs at bilinear interpolation (`cnn_jax.upsample`); with `upsample='bilinear'` or
+transposed convs at bilinear interpolation (`cnn_jax.nn.upsample`); with `upsample='bilinear'` or
 'nearest' each upscore is a resize followed by a 3x3 conv started at the identity instead.
 
 Padding, where this departs from the Caffe model: Caffe pads conv1_1 by 100 pixels, so that fc6
@@ -42,9 +42,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.errors import UserError
-from cnn_jax.layers import BatchNorm, Conv, conv_kernel_init, dense_kernel_init
-from cnn_jax.upsample import UPSAMPLE_MODES, Upsample, check_input_size, resize
+from cnn_jax.core.errors import UserError
+from cnn_jax.nn.layers import BatchNorm, Conv, conv_kernel_init, dense_kernel_init
+from cnn_jax.nn.upsample import UPSAMPLE_MODES, Upsample, check_input_size, resize
 
 VARIANTS = ('32s', '16s', '8s')
 STRIDE = 32  # of pool5, the coarsest map FCN-VGG reads

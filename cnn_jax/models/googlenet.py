@@ -35,9 +35,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.errors import UserError
-from cnn_jax.layers import BatchNorm, Conv, GlobalAvgPool, MaxPool
+from cnn_jax.core.errors import UserError
 from cnn_jax.models.alexnet import AdaptiveAvgPool  # torch bins; one copy, shared
+from cnn_jax.nn.layers import BatchNorm, Conv, GlobalAvgPool, MaxPool
 
 ModuleDef = Any
 

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.layers import Conv, Flatten, MaxPool
+from cnn_jax.nn.layers import Conv, Flatten, MaxPool
 
 
 class LeNet5(nn.Module):

@@ -1,6 +1,6 @@
 """MobileNet v1 (Howard et al. 2017) and v2 (Sandler et al. 2018); variants are data.
 
-Both are built from `cnn_jax.layers.DepthwiseConv`, which runs the shift-and-add formulation on
+Both are built from `cnn_jax.nn.layers.DepthwiseConv`, which runs the shift-and-add formulation on
 CPU (XLA's grouped convolution is 15-90x slower there) and the grouped convolution on GPU/TPU.
 
 - v1: 3x3 conv 32 /2, 13 depthwise-separable blocks (depthwise 3x3 + BN + ReLU, pointwise 1x1 +
@@ -36,8 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.errors import UserError
-from cnn_jax.layers import (
+from cnn_jax.core.errors import UserError
+from cnn_jax.nn.layers import (
   BatchNorm,
   Conv,
   DepthwiseConv,
@@ -104,7 +104,7 @@ def v1_channels(channels: int, width_multiplier: float) -> int:
 
 def _norm(train: bool, dtype: Any, axis_name: str | None) -> ModuleDef:
   return partial(
-    BatchNorm,  # flax's, with a training forward that is cheaper on XLA:CPU (cnn_jax.layers)
+    BatchNorm,  # flax's, with a training forward that is cheaper on XLA:CPU (cnn_jax.nn.layers)
     use_running_average=not train,
     momentum=0.9,  # torch's momentum=0.1 counts the other way round
     epsilon=1e-5,
@@ -207,7 +207,7 @@ class MobileNetV1(nn.Module):
   width_multiplier: float = 1.0
   stem_features: int = 32
   dropout_rate: float = 0.0
-  depthwise_impl: str = 'auto'  # 'auto' | 'shift' | 'grouped' (cnn_jax.depthwise)
+  depthwise_impl: str = 'auto'  # 'auto' | 'shift' | 'grouped' (cnn_jax.nn.depthwise)
   num_classes: int = 1000
   dtype: Any = jnp.float32
   norm_axis_name: str | None = None  # BatchNorm statistics averaged over this axis
@@ -262,7 +262,7 @@ class MobileNetV2(nn.Module):
   stem_features: int = 32
   last_features: int = 1280
   dropout_rate: float = 0.2
-  depthwise_impl: str = 'auto'  # 'auto' | 'shift' | 'grouped' (cnn_jax.depthwise)
+  depthwise_impl: str = 'auto'  # 'auto' | 'shift' | 'grouped' (cnn_jax.nn.depthwise)
   # Per nominal stride 8, 16, 32: dilate instead of striding (module docstring); DeepLab sets it.
   replace_stride_with_dilation: Sequence[bool] = (False, False, False)
   num_classes: int = 1000

@@ -10,7 +10,7 @@
 - `replace_stride_with_dilation` (torchvision's field): later stages keep their resolution and
   dilate their 3x3 convs instead (DeepLab's atrous backbones, output stride 16 or 8).
 - `deformable_stages` swaps the 3x3 convs of the named stages for modulated deformable convs
-  (Zhu et al. 2019, `cnn_jax.deformable`).
+  (Zhu et al. 2019, `cnn_jax.nn.deformable`).
 - Noise for Noisy Student's student (Xie et al. 2020): `stochastic_depth_prob` (Huang et al.
   2016, linear decay over the blocks, `block_drop_probs`) and `dropout_rate` before the
   classifier; both act in training only and default to 0 (the net is then unchanged).
@@ -24,9 +24,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.deformable import DeformableConv
-from cnn_jax.errors import UserError
-from cnn_jax.layers import (
+from cnn_jax.core.errors import UserError
+from cnn_jax.nn.deformable import DeformableConv
+from cnn_jax.nn.layers import (
   BatchNorm,
   Conv,
   GlobalAvgPool,

@@ -14,9 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax import pooling
-from cnn_jax.errors import UserError
-from cnn_jax.layers import Conv, GlobalAvgPool
+from cnn_jax.core.errors import UserError
+from cnn_jax.nn import pooling
+from cnn_jax.nn.layers import Conv, GlobalAvgPool
 
 # (stem channels, stem kernel, stages); a stage is a tuple of fire modules (squeeze, expand),
 # each expand split equally into 1x1 and 3x3 convs. A ceil-mode 3x3 / 2 max pool follows the

@@ -18,7 +18,7 @@ two 3x3 convs + ReLU; a final 1x1 conv scores the classes.
   in far fewer steps with it. The paper's net is `unet(padding='valid', batch_norm=False)`.
 - upsample='transpose' is the paper's up-convolution (a learned 2x2 / 2 transposed conv with
   bias); 'bilinear' / 'nearest' resize x2 and apply a 3x3 conv (Odena et al. 2016's resize-conv,
-  without checkerboard artifacts; `cnn_jax.upsample`).
+  without checkerboard artifacts; `cnn_jax.nn.upsample`).
 - Kernels start from N(0, 2 / N), N = k * k * C_in, the paper's Section 3 init.
 
 Submodules: 'enc1' .. 'enc{depth + 1}' (enc{depth + 1} is the bottom), 'pool1' .., 'up{l}' and
@@ -33,9 +33,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.errors import UserError
-from cnn_jax.layers import BatchNorm, Conv, MaxPool
-from cnn_jax.upsample import UPSAMPLE_MODES, Upsample, check_input_size
+from cnn_jax.core.errors import UserError
+from cnn_jax.nn.layers import BatchNorm, Conv, MaxPool
+from cnn_jax.nn.upsample import UPSAMPLE_MODES, Upsample, check_input_size
 
 PADDINGS = ('valid', 'same')
 # The paper's init: Gaussian with std sqrt(2 / N), N = incoming nodes of a neuron (He et al.).

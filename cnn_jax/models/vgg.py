@@ -15,9 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.errors import UserError
-from cnn_jax.layers import BatchNorm, Conv, Flatten, MaxPool, conv_kernel_init
+from cnn_jax.core.errors import UserError
 from cnn_jax.models.alexnet import AdaptiveAvgPool
+from cnn_jax.nn.layers import BatchNorm, Conv, Flatten, MaxPool, conv_kernel_init
 
 # Conv widths per stage (the paper's Table 1; torchvision's cfgs 'A', 'B', 'D', 'E').
 STAGES: dict[int, tuple[tuple[int, ...], ...]] = {

@@ -1,0 +1,92 @@
+"""Optimizers and learning-rate schedules from a config, built in one place with optax."""
+
+import jax
+import ml_collections
+import optax
+
+from cnn_jax.core.errors import UserError
+
+PyTree = object
+
+
+def _steps(cfg: ml_collections.ConfigDict, key: str, steps_per_epoch: int) -> int:
+  """`cfg.<key>_steps` if set (>= 0), else `cfg.<key>_epochs` converted to steps."""
+  steps = cfg.get(f'{key}_steps', -1)
+  if steps is not None and steps >= 0:
+    return int(steps)
+  return int(round(cfg.get(f'{key}_epochs', 0.0) * steps_per_epoch))
+
+
+def create_schedule(
+  cfg: ml_collections.ConfigDict, num_steps: int, steps_per_epoch: int
+) -> optax.Schedule:
+  """Linear warmup from 0, then one of:
+
+  'cosine' decay to 0; 'linear' decay to 0 (SqueezeNet's "poly" policy with power 1);
+  'step': times decay_factor at each of decay_epochs (or decay_steps);
+  'exponential': times decay_factor every decay_every_epochs, staircase (MobileNet, EfficientNet:
+  0.97 every 2.4 epochs); 'constant'.
+  """
+  warmup = min(_steps(cfg, 'warmup', steps_per_epoch), num_steps)
+  if cfg.schedule == 'cosine':
+    main = optax.cosine_decay_schedule(cfg.lr, decay_steps=max(num_steps - warmup, 1))
+  elif cfg.schedule == 'step':
+    if cfg.get('decay_steps'):
+      boundaries = [int(s) for s in cfg.decay_steps]
+    else:
+      boundaries = [int(round(e * steps_per_epoch)) for e in cfg.decay_epochs]
+    # Multiply by decay_factor at each boundary (He et al.: /10 at 32k and 48k of 64k).
+    main = optax.piecewise_constant_schedule(
+      cfg.lr, {max(b - warmup, 1): cfg.decay_factor for b in boundaries}
+    )
+  elif cfg.schedule == 'linear':
+    main = optax.linear_schedule(cfg.lr, 0.0, max(num_steps - warmup, 1))
+  elif cfg.schedule == 'exponential':
+    every = max(int(round(cfg.decay_every_epochs * steps_per_epoch)), 1)
+    main = optax.exponential_decay(cfg.lr, every, cfg.decay_factor, staircase=True)
+  elif cfg.schedule == 'constant':
+    main = optax.constant_schedule(cfg.lr)
+  else:
+    raise UserError(
+      f"unknown optimizer.schedule '{cfg.schedule}'; "
+      "use 'cosine', 'linear', 'step', 'exponential' or 'constant'"
+    )
+  if warmup == 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), main], [warmup])
+
+
+def decay_mask(params: PyTree) -> PyTree:
+  """True for kernels; biases and norm scales/offsets (1-D) get no weight decay."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def create_optimizer(
+  cfg: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
+  """'sgd' (momentum, optional Nesterov), 'rmsprop' or 'adamw'; weight decay on kernels only."""
+  # sgd and rmsprop: coupled L2 as in the papers' code (wd * w added to the gradient first).
+  l2 = optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask)
+  if cfg.name == 'sgd':
+    return optax.chain(
+      l2, optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+    )
+  if cfg.name == 'rmsprop':
+    # TensorFlow's RMSProp, which MobileNet and EfficientNet were trained with: eps inside the
+    # square root and the mean square started at 1, not 0 (so the first steps are not huge).
+    return optax.chain(
+      l2,
+      optax.rmsprop(
+        schedule,
+        decay=cfg.rms_decay,
+        eps=cfg.eps,
+        initial_scale=1.0,
+        eps_in_sqrt=True,
+        momentum=cfg.momentum or None,
+      ),
+    )
+  if cfg.name == 'adamw':
+    return optax.adamw(
+      schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask
+    )
+  raise UserError(f"unknown optimizer.name '{cfg.name}'; use 'sgd', 'rmsprop' or 'adamw'")
