@@ -1,6 +1,8 @@
 """What main.py runs: multi-host set-up, then train, eval, predict, export, summary, or a sweep's
 trials."""
 
+import difflib
+import importlib.util
 import json
 import logging as py_logging
 import os
@@ -10,9 +12,9 @@ import jax
 import ml_collections
 from absl import logging
 
-from cnn_jax.core.errors import UserError
+from cnn_jax.core.errors import UserError, close_matches
 
-__all__ = ['UserError', 'run']
+__all__ = ['UserError', 'config_file_error', 'config_typo', 'run']
 
 
 class _OwnInfoOnly(py_logging.Filter):
@@ -31,6 +33,57 @@ class _OwnInfoOnly(py_logging.Filter):
 
 def quiet_libraries() -> None:
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
+
+
+def config_file_error(argv: list[str]) -> str | None:
+  """What is wrong with --config's file (no such file, not a .py file); None when it is there."""
+  spec = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), None)
+  if spec is None:
+    return None
+  path = spec.partition(':')[0]
+  folder = os.path.dirname(path) or '.'
+  if not os.path.isfile(path):
+    near = (
+      sorted(n for n in os.listdir(folder) if n.endswith('.py')) if os.path.isdir(folder) else []
+    )
+    close = ', '.join(difflib.get_close_matches(os.path.basename(path), near, n=3, cutoff=0.75))
+    if close:
+      hint = f'did you mean: {close}'
+    elif near:
+      hint = f'the configs in {folder}: {", ".join(near)}'
+    else:
+      hint = 'the configs are in configs/ (e.g. configs/resnet.py)'
+    return f'--config={spec}: there is no file {path}; {hint}'
+  if not path.endswith('.py'):
+    return f'--config={spec}: a config is a Python file with get_config(); {path} is not a .py file'
+  return None
+
+
+def config_typo(argv: list[str]) -> str | None:
+  """The first --config.a.b=... override naming no field of the loaded config, with the closest
+  names at the level where it goes wrong; None when every override names a field."""
+  # The config as loaded before any override (absl had not stored it when the override failed).
+  spec = next(a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config='))
+  path, _, arg = spec.partition(':')
+  loader = importlib.util.spec_from_file_location('_config_for_typo', path)
+  module = importlib.util.module_from_spec(loader)
+  loader.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  for arg in argv[1:]:
+    if not arg.startswith('--config.'):
+      continue
+    path = arg[len('--config.') :].split('=', 1)[0]
+    node, done = config, []
+    for part in path.split('.'):
+      if not isinstance(node, ml_collections.ConfigDict):
+        return f'--config.{path}: config.{".".join(done)} is a value, not a section of fields'
+      if part not in node:
+        where = f'config.{".".join(done)}' if done else 'the config'
+        hint = close_matches(part, node.keys())
+        hint = f'did you mean: {hint}' if hint else f'its fields: {", ".join(node.keys())}'
+        return f"--config.{path}: {where} has no field '{part}'; {hint}"
+      node, done = node[part], [*done, part]
+  return None
 
 
 def _initialize_distributed(

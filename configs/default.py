@@ -10,6 +10,10 @@ from ml_collections import config_dict
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   config = ml_collections.ConfigDict()
+  # What the run learns (cnn_jax/tasks/): 'classification' | 'distillation' | 'self_training' |
+  # 'segmentation' | 'detection' | 'triplet'; each task reads its own section below or in its
+  # config file.
+  config.task = 'classification'
   # Data. 'digits' is built locally from scikit-learn's copy: no download, ever.
   config.dataset = 'digits'
   config.data_dir = ''  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
@@ -137,6 +141,7 @@ def set_offline_recipe(config: ml_collections.ConfigDict, num_epochs: float) -> 
 
 def add_segmentation_fields(config: ml_collections.ConfigDict) -> None:
   """The options of the segmentation task (cnn_jax/tasks/: Segmentation)."""
+  config.task = 'segmentation'
   seg = config.segmentation = ml_collections.ConfigDict()
   seg.class_weights = ()  # one per class, torch CrossEntropyLoss(weight=...) style; () = none
   seg.dice_weight = 0.0  # loss += dice_weight * soft Dice loss

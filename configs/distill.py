@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.teacher.model.name = 'resnet56'
   else:
     raise ValueError(f"unknown variant '{arg}'; use '' (digits) or 'cifar10'")
+  config.task = 'distillation'
   config.distill = ml_collections.ConfigDict()
   config.distill.alpha = 0.9  # weight of the soft (teacher) term
   config.distill.temperature = 4.0

@@ -22,6 +22,7 @@ from configs import default
 
 def add_triplet_fields(config: ml_collections.ConfigDict) -> None:
   """The options of the metric-learning task (cnn_jax/tasks/: Triplet)."""
+  config.task = 'triplet'
   t = config.triplet = ml_collections.ConfigDict()
   t.margin = 0.2  # the notes' alpha (FaceNet's 0.2 for unit-norm embeddings)
   # 'all' | 'hard' (batch hard) | 'semi-hard' (FaceNet). On the offline default, from scratch,

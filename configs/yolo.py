@@ -35,6 +35,7 @@ VOC_ANCHORS = (
 
 def add_detection_fields(config: ml_collections.ConfigDict) -> None:
   """The options of the detection task (cnn_jax/tasks/: Detection)."""
+  config.task = 'detection'
   det = config.detection = ml_collections.ConfigDict()
   det.box_weight = 1.0  # the notes' plain squared error; YOLOv1: 5
   det.no_object_weight = 1.0  # YOLOv1: 0.5

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cnn_jax import data as data_lib
 from cnn_jax import tasks, train
 from cnn_jax.core.errors import UserError
 from configs import distill
@@ -64,19 +65,17 @@ def _config(data_dir, **distill_overrides):
 
 def test_step_on_four_devices_leaves_the_teacher_bit_identical(tmp_path, data_dir):
   exp = train.build(_config(data_dir), str(tmp_path / 'student'))
-  assert exp.runner.num_devices == 4 and exp.teacher is not None
+  assert exp.runner.num_devices == 4 and exp.task.teacher is not None
   student = train.initial_state(exp)
-  teacher = train.initial_state(exp.teacher)
+  teacher = train.initial_state(exp.task.teacher)  # the task owns its teacher
   teacher_vars = {'params': teacher.params, 'batch_stats': teacher.batch_stats}
   before = copy.deepcopy(jax.device_get(teacher_vars))
   step = exp.runner.compile(
-    functools.partial(
-      train.train_step, model=exp.model, tx=exp.tx, task=exp.task, teacher_model=exp.teacher.model
-    ),
+    functools.partial(train.train_step, model=exp.model, tx=exp.tx, task=exp.task),
     num_consts=1,
   )
   batch = next(
-    train.data_lib.train_iterator(
+    data_lib.train_iterator(
       exp.data, seed=0, global_batch=16, start_step=0, num_steps=1, image_size=16, channels=3
     )
   )

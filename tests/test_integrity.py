@@ -198,7 +198,7 @@ def test_model_fields_that_differ_are_named_before_compiling(workdir, data_dir, 
   def no_compiling(exp):
     raise AssertionError('compiled before the config was checked')
 
-  monkeypatch.setattr(train, 'initial_state', no_compiling)
+  monkeypatch.setattr(train.resume, 'initial_state', no_compiling)
   config = _tiny(data_dir, image_size=20)
   config.model.name = 'resnet20'
   for run in (train.train_and_evaluate, train.restore_and_evaluate):
@@ -272,17 +272,26 @@ print('saved', flush=True)
 
 def test_kill_9_during_an_async_save_keeps_the_previous_checkpoint(tmp_path):
   directory = str(tmp_path / 'checkpoints')
-  proc = subprocess.Popen(
-    [sys.executable, '-c', _WRITER, directory],
-    cwd=helpers.ROOT,
-    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
-    stdout=subprocess.PIPE,
-    stderr=subprocess.DEVNULL,
-    text=True,
-  )
+  stderr_path = tmp_path / 'writer_stderr.txt'
+  with open(stderr_path, 'w') as stderr:  # a file: a pipe nobody reads could fill and block it
+    proc = subprocess.Popen(
+      [sys.executable, '-c', _WRITER, directory],
+      cwd=helpers.ROOT,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+      stdout=subprocess.PIPE,
+      stderr=stderr,
+      text=True,
+    )
   deadline = time.time() + 120
-  while time.time() < deadline and proc.stdout.readline().strip() != 'saving':
-    pass
+  while (line := proc.stdout.readline()).strip() != 'saving':
+    # '' is the end of its output: the writer has exited (or closed stdout) without saving.
+    if not line or time.time() > deadline:
+      proc.kill()
+      proc.wait(timeout=60)
+      pytest.fail(
+        f'the writer stopped before its second save (exit code {proc.returncode}); its stderr:\n'
+        f'{stderr_path.read_text()[-4000:]}'
+      )
   in_flight = sorted(os.listdir(directory))
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=60)

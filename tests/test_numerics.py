@@ -35,7 +35,7 @@ _tiny = functools.partial(
 
 def _poison(monkeypatch, steps):
   """The training batches of `steps` (1-based) become NaN images: a corrupt input."""
-  real = train._train_batches
+  real = train.loop.train_batches
 
   def batches(exp, start_step):
     for step, batch in enumerate(real(exp, start_step), start_step + 1):
@@ -43,7 +43,7 @@ def _poison(monkeypatch, steps):
         batch = {**batch, 'image': np.full_like(batch['image'], np.nan)}
       yield batch
 
-  monkeypatch.setattr(train, '_train_batches', batches)
+  monkeypatch.setattr(train.loop, 'train_batches', batches)
 
 
 def _record_saves(monkeypatch) -> dict[int, str]:
@@ -188,5 +188,6 @@ def test_an_update_that_overflows_the_parameters_is_caught():
 
 
 def test_negative_skip_limit_is_a_clear_error(tmp_path, data_dir):
-  with pytest.raises(UserError, match=r'config.skip_nonfinite_steps=-1; use 0 \(stop at the'):
+  message = r'config.skip_nonfinite_steps=-1 is out of range; use a whole number >= 0 \(0: stop'
+  with pytest.raises(UserError, match=message):
     train.build(_tiny(data_dir, skip_nonfinite_steps=-1), str(tmp_path / 'w'))

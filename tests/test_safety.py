@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from cnn_jax import train
+from cnn_jax import tasks, train
 from cnn_jax.core.errors import UserError
 from cnn_jax.recipes import sweep
 from configs import resnet
@@ -161,5 +161,5 @@ def test_default_teacher_and_iterations_are_inside_the_workdir(tmp_path):
   from configs import distill
 
   workdir = str(tmp_path / 'w')
-  assert train.teacher_workdir(distill.get_config(), workdir) == os.path.join(workdir, 'teacher')
+  assert tasks.teacher_workdir(distill.get_config(), workdir) == os.path.join(workdir, 'teacher')
   assert os.path.dirname(noisy_student.iteration_dir(workdir, 3)) == workdir

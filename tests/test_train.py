@@ -5,10 +5,14 @@ import json
 import os
 
 import helpers
+import jax
+import numpy as np
+import optax
 import pytest
 
-from cnn_jax import train
+from cnn_jax import tasks, train
 from cnn_jax.core import logs
+from cnn_jax.core.checkpoint import Checkpointer
 from cnn_jax.core.errors import UserError
 from cnn_jax.train import optim
 from configs import lenet5, resnet
@@ -38,7 +42,7 @@ def test_train_then_eval(tmp_path, data_dir):
     (6, 'train'),
     (6, 'test'),
     (6, 'test'),
-  ][: len(rows)]
+  ]
   assert {'loss', 'accuracy', 'lr', 'images_per_sec'} <= set(rows[0])
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['3', '6'] or sorted(
     os.listdir(os.path.join(workdir, 'checkpoints'))
@@ -57,8 +61,26 @@ def test_lenet5_trains_with_adamw(tmp_path, data_dir):
   config.num_train_steps = 4
   config.batch_size = 32
   config.eval_batch_size = 64
-  result = train.train_and_evaluate(config, str(tmp_path / 'lenet'))
+  workdir = str(tmp_path / 'lenet')
+  result = train.train_and_evaluate(config, workdir)
   assert result['steps'] == 4
+  # The run's last checkpoint: the trained weights, moved away from the initial ones, and Adam's
+  # moments after 4 updates (an SGD or a do-nothing optimizer has no ScaleByAdamState).
+  exp = train.build(config, workdir)
+  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
+  try:
+    state = train.restore_checkpoint(exp, ckpt, 4)
+  finally:
+    ckpt.close()
+  initial = train.initial_state(exp)
+  assert result['params_sha256'] == train.fingerprint(state.params, state.batch_stats)
+  assert result['params_sha256'] != train.fingerprint(initial.params, initial.batch_stats)
+  is_adam = lambda s: isinstance(s, optax.ScaleByAdamState)
+  (adam,) = [s for s in jax.tree.leaves(state.opt_state, is_leaf=is_adam) if is_adam(s)]
+  assert int(adam.count) == 4
+  assert any(np.any(np.asarray(m) != 0) for m in jax.tree.leaves(adam.mu))
+  assert all(np.all(np.asarray(v) >= 0) for v in jax.tree.leaves(adam.nu))
+  assert any(np.any(np.asarray(v) > 0) for v in jax.tree.leaves(adam.nu))
 
 
 @pytest.mark.parametrize(
@@ -189,8 +211,8 @@ def test_aux_logits_add_weighted_losses():
   task = tasks.Classification(num_classes=3)
   step = runner.compile(functools.partial(train.train_step, model=model, tx=tx, task=task))
   _, metrics = step(runner.put_state(state), runner.put_batch({'image': x, 'label': y}))
-  main = train.cross_entropy(model.apply({'params': params}, x), y, 3).mean()
-  aux = train.cross_entropy(nn.Dense(3).apply({'params': params['aux']}, x.reshape(4, -1)), y, 3)
+  main = tasks.cross_entropy(model.apply({'params': params}, x), y, 3).mean()
+  aux = tasks.cross_entropy(nn.Dense(3).apply({'params': params['aux']}, x.reshape(4, -1)), y, 3)
   assert float(metrics['loss']) == pytest.approx(float(main + 0.3 * aux.mean()), rel=1e-5)
 
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.core.errors import UserError, close_matches
+from cnn_jax.core.ranges import Range
 from cnn_jax.models.alexnet import alexnet, alexnet_tiny
 from cnn_jax.models.deeplab import deeplab_tiny, deeplabv3, deeplabv3plus, deeplabv3plus_tiny
 from cnn_jax.models.densenet import densenet, densenet_tiny
@@ -127,6 +128,10 @@ SEGMENTATION = ('fcn*', 'unet*', 'deeplab*')
 # What the other non-classifiers return: detection outputs, embeddings.
 DETECTION = ('yolo*',)
 EMBEDDING = ('encoder*',)
+
+# The config.model fields every model takes (cnn_jax/core/ranges.py); a family's own fields are
+# checked by its constructor.
+RANGES = {'model.num_classes': Range(1, integer=True, also=(-1,), meaning="the dataset's")}
 
 
 def create(name: str, /, **kwargs: Any) -> nn.Module:

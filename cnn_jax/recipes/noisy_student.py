@@ -27,6 +27,7 @@ from absl import logging
 
 from cnn_jax import data as data_lib
 from cnn_jax import train
+from cnn_jax.core.errors import UserError
 from cnn_jax.recipes import pseudo_labels
 
 PSEUDO_LABELS_FILE = 'pseudo_labels.npz'
@@ -51,12 +52,13 @@ def iteration_config(config: ml_collections.ConfigDict, workdir: str, k: int):
     ns.pseudo_labels = ''
   else:
     ns.pseudo_labels = os.path.join(iteration_dir(workdir, k), PSEUDO_LABELS_FILE)
+    c.task = 'self_training'  # cnn_jax/tasks/self_training.py
   c.seed = config.seed + k  # each iteration its own initialisation and data order
   return c
 
 
 def label_pool(
-  teacher: train.Experiment, variables: dict[str, Any]
+  teacher: train.Experiment, pool: Any, variables: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
   """The teacher's float32 logits (N, K) on the unlabelled pool, clean, and the pool's labels.
 
@@ -71,7 +73,7 @@ def label_pool(
   logits, labels = [], []
   for batch in data_lib.pool_iterator(
     teacher.data,
-    teacher.pool,
+    pool,
     global_batch=config.eval_batch_size,
     image_size=config.image_size,
     channels=config.image_channels,
@@ -90,11 +92,12 @@ def make_pseudo_labels(config: ml_collections.ConfigDict, workdir: str, k: int) 
       return json.loads(str(f['stats']))
   teacher_config = iteration_config(config, workdir, k - 1)
   teacher = train.build(teacher_config, iteration_dir(workdir, k - 1))
-  if teacher.pool is None or len(teacher.pool) == 0:
-    raise train.UserError(
+  _, pool = train.load_data(teacher_config)  # the unlabelled part of the train split
+  if pool is None or len(pool) == 0:
+    raise UserError(
       'Noisy Student needs an unlabelled pool: set config.noisy_student.labeled_fraction < 1'
     )
-  logits, true_labels = label_pool(teacher, train.restore_variables(teacher))
+  logits, true_labels = label_pool(teacher, pool, train.restore_variables(teacher))
   ns = config.noisy_student
   selected = pseudo_labels.select(
     logits,
@@ -128,14 +131,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   """All iterations (resuming); returns the summary, or None when stopped by SIGTERM."""
   ns = config.noisy_student
   if ns.iterations < 1:
-    raise train.UserError(
+    raise UserError(
       f'config.noisy_student.iterations={ns.iterations}; expected >= 1 (0 would be the teacher '
       'alone: train it with its family config)'
     )
   # Every iteration's config is checked before anything trains.
   for k in range(ns.iterations + 1):
     c = iteration_config(config, workdir, k)
-    c.noisy_student.pseudo_labels = ''  # the files do not exist yet
+    c.noisy_student.pseudo_labels = ''  # the files do not exist yet: checked as the teacher
+    c.task = config.task
     train.build(c, iteration_dir(workdir, k))
   summary = {'iterations': []}
   for k in range(ns.iterations + 1):

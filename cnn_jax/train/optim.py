@@ -2,11 +2,30 @@
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 from cnn_jax.core.errors import UserError
+from cnn_jax.core.ranges import Range
 
 PyTree = object
+
+# The config.optimizer fields' ranges (cnn_jax/core/ranges.py), checked before anything is built.
+RANGES = {
+  'optimizer.lr': Range(0, low_open=True),
+  'optimizer.momentum': Range(0, 1, high_open=True),
+  'optimizer.b1': Range(0, 1, high_open=True),
+  'optimizer.b2': Range(0, 1, high_open=True),
+  'optimizer.rms_decay': Range(0, 1, high_open=True),
+  'optimizer.eps': Range(0, low_open=True),
+  'optimizer.weight_decay': Range(0),
+  'optimizer.warmup_epochs': Range(0),
+  'optimizer.warmup_steps': Range(0, integer=True, also=(-1,), meaning='use warmup_epochs'),
+  'optimizer.decay_epochs': Range(0),
+  'optimizer.decay_steps': Range(0, integer=True),
+  'optimizer.decay_every_epochs': Range(0, low_open=True),
+  'optimizer.decay_factor': Range(0, 1, low_open=True),
+}
 
 
 def _steps(cfg: ml_collections.ConfigDict, key: str, steps_per_epoch: int) -> int:
@@ -90,3 +109,23 @@ def create_optimizer(
       schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask
     )
   raise UserError(f"unknown optimizer.name '{cfg.name}'; use 'sgd', 'rmsprop' or 'adamw'")
+
+
+def applied_learning_rate(schedule: optax.Schedule, opt_state: PyTree) -> float:
+  """The learning rate of the latest update the optimizer applied, from its own step count.
+
+  optax counts applied updates in the state of its schedule (ScaleByScheduleState.count); a step
+  skipped as non-finite (config.skip_nonfinite_steps) keeps the old state, count included, so
+  this is the rate that update really used: schedule(count - 1) (schedule(0) before any update).
+  A host-side copy of the schedule indexed by the trainer's step would run ahead of it by the
+  number of skipped steps.
+  """
+  counts = [
+    count
+    for path, count in optax.tree_utils.tree_get_all_with_path(opt_state, 'count')
+    if getattr(path[-1], 'tuple_name', None) == 'ScaleByScheduleState'
+  ]
+  if not counts:
+    raise ValueError('the optimizer state holds no schedule count (ScaleByScheduleState)')
+  count = int(np.asarray(jax.device_get(counts[0])).reshape(-1)[0])  # pmap: one copy per device
+  return float(schedule(max(count - 1, 0)))
