@@ -1,8 +1,8 @@
 """The notes' pictures: edge filters, transposed-conv checkerboards, a trained net's feature maps.
 
-  python experiments/claims_pictures.py                         # all three figures
-  python experiments/claims_pictures.py --only edges checkerboard   # no training
-  python experiments/claims_pictures.py --only feature_maps --workdir=runs/pictures_lenet5
+  python -m experiments.claims_pictures                         # all three figures
+  python -m experiments.claims_pictures --only edges checkerboard   # no training
+  python -m experiments.claims_pictures --only feature_maps --workdir=runs/pictures_lenet5
 
 Writes into experiments/results/ (or --out_dir):
 - claims_edge_filters.png / .md: the notes' (004) vertical and horizontal 3x3 edge detectors,
@@ -37,37 +37,27 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow serves tf.data only: keep it quiet
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import traverse_util  # noqa: E402
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-
-from cnn_jax.core.errors import UserError  # noqa: E402
-from cnn_jax.nn import layers, upsample  # noqa: E402
+from cnn_jax.core.errors import UserError
+from cnn_jax.nn import layers, upsample
+from experiments import common
 
 PARTS = ('edges', 'checkerboard', 'feature_maps')
 # scikit-learn's sample photos (shipped, no download) -> the 300x300 crop the figure shows (rows,
 # columns): at the figure's scale the edges of the whole 427x640 photo are thinner than a pixel.
 PHOTOS = {'china.jpg': (40, 60), 'flower.jpg': (60, 160)}
 PHOTO_CROP = 300
-MACHINE = '2-core x86-64 CPU, shared with other jobs'
 DIGIT = 4  # the digit both the edge figure and the feature-map figure show
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +180,7 @@ def edge_figure(out_dir: str, photo: str) -> dict[str, np.ndarray]:
     (f'digit {DIGIT} (sklearn, 32x32)', digit_image(DIGIT), False, 100.0),
   ]
   n = len(EDGE_FILTERS)
+  plt = common.pyplot()
   fig, axes = plt.subplots(1 + len(inputs), n + 1, figsize=(3.0 * (n + 1), 2.7 * (1 + len(inputs))))
   axes[0, 0].axis('off')
   axes[0, 0].text(
@@ -217,11 +208,9 @@ def edge_figure(out_dir: str, photo: str) -> dict[str, np.ndarray]:
     fontsize=12,
   )
   fig.tight_layout(rect=(0, 0, 1, 0.97))
-  fig.savefig(os.path.join(out_dir, 'claims_edge_filters.png'), dpi=80)
-  plt.close(fig)
+  common.save_figure(fig, os.path.join(out_dir, 'claims_edge_filters.png'), dpi=80)
   table = edges_markdown(notes_outputs)
-  with open(os.path.join(out_dir, 'claims_edge_filters.md'), 'w') as f:
-    f.write(table + '\n')
+  common.write_text(os.path.join(out_dir, 'claims_edge_filters.md'), table + '\n')
   print(table, flush=True)
   return notes_outputs
 
@@ -324,7 +313,7 @@ def checkerboard_markdown(rows: list[dict], size: int) -> str:
   n = rows[0]['seeds']
   lines = [
     f'# Checkerboard artifacts: {size}x{size} -> {2 * size}x{2 * size}, one channel '
-    f'(`upsample.Upsample`; {MACHINE})',
+    f'(`upsample.Upsample`; {common.SHARED_MACHINE})',
     '',
     f'Spread: std / mean|y| of the output over an all-ones input (0 = flat). Period-2 energy: '
     f'share of the output energy at the frequencies (pi, 0), (0, pi), (pi, pi) over a smooth '
@@ -351,6 +340,7 @@ def checkerboard_figure(out_dir: str, seeds: Sequence[int] = range(10)) -> list[
   size, small = 16, 6
   rows = checkerboard_stats(seeds, size)
   const_small, smooth = np.ones((small, small), np.float32), smooth_image(size)
+  plt = common.pyplot()
   fig, axes = plt.subplots(1 + len(UPSAMPLERS), 3, figsize=(11, 3.1 * (1 + len(UPSAMPLERS))))
   _show(axes[0, 0], const_small, f'input: all ones, {small}x{small}', cmap='gray', symmetric=False)
   _show(axes[0, 1], const_small, f'input: all ones, {small}x{small}', cmap='gray', symmetric=False)
@@ -380,14 +370,14 @@ def checkerboard_figure(out_dir: str, seeds: Sequence[int] = range(10)) -> list[
     fontsize=12,
   )
   fig.tight_layout(rect=(0, 0, 1, 0.97))
-  fig.savefig(os.path.join(out_dir, 'claims_checkerboard.png'), dpi=80)
-  plt.close(fig)
+  common.save_figure(fig, os.path.join(out_dir, 'claims_checkerboard.png'), dpi=80)
   table = checkerboard_markdown(rows, size)
-  machine = {'machine': platform.machine(), 'cpus': os.cpu_count(), 'note': MACHINE}
-  with open(os.path.join(out_dir, 'claims_checkerboard.json'), 'w') as f:
-    json.dump({'machine': machine, 'size': size, 'border': BORDER, 'rows': rows}, f, indent=1)
-  with open(os.path.join(out_dir, 'claims_checkerboard.md'), 'w') as f:
-    f.write(table + '\n')
+  machine = common.machine(note=common.SHARED_MACHINE)
+  common.write_json(
+    os.path.join(out_dir, 'claims_checkerboard.json'),
+    {'machine': machine, 'size': size, 'border': BORDER, 'rows': rows},
+  )
+  common.write_text(os.path.join(out_dir, 'claims_checkerboard.md'), table + '\n')
   print(table, flush=True)
   return rows
 
@@ -434,7 +424,7 @@ def load_config(path: str):
   """`get_config()` of a classification config file (relative paths from the repository root)."""
   from cnn_jax import models
 
-  full = path if os.path.isabs(path) else os.path.join(ROOT, path)
+  full = path if os.path.isabs(path) else os.path.join(common.ROOT, path)
   if not os.path.isfile(full):
     raise UserError(f'--config={path}: no such file; pass a file of configs/ (configs/lenet5.py)')
   spec = importlib.util.spec_from_file_location('_pictures_config', full)
@@ -523,6 +513,7 @@ def feature_map_figure(
 
   sections = [('filters', filters), *maps]
   heights = [1 + (min(m.shape[-1], max_maps) - 1) // 8 for _, m in sections]
+  plt = common.pyplot()
   fig = plt.figure(figsize=(14, 2.0 + 1.9 * sum(heights)))
   top, *subs = fig.subfigures(1 + len(sections), 1, height_ratios=[1.3, *heights])
   ax_image, ax_text = top.subplots(1, 2, width_ratios=[1, 3])
@@ -556,8 +547,7 @@ def feature_map_figure(
       f'{path} output on this digit ({m.shape[0]}x{m.shape[1]}, '
       f'{shown} of {m.shape[-1]} maps; before the ReLU)',
     )
-  fig.savefig(os.path.join(out_dir, 'claims_feature_maps.png'), dpi=70)
-  plt.close(fig)
+  common.save_figure(fig, os.path.join(out_dir, 'claims_feature_maps.png'), dpi=70)
   result = {
     'config': config_path,
     'steps': summary['steps'],
@@ -574,7 +564,7 @@ def feature_map_figure(
 def main(argv: Sequence[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--only', nargs='*', choices=PARTS, help='figures to make (default: all)')
-  parser.add_argument('--out_dir', default=os.path.join(ROOT, 'experiments', 'results'))
+  parser.add_argument('--out_dir', default=common.RESULTS)
   parser.add_argument(
     '--photo', default='china.jpg', help=f'edge figure photo, one of {tuple(PHOTOS)}'
   )

@@ -1,8 +1,8 @@
 """The notes' training claims, measured with the project's trainer on digits over 3 seeds.
 
-  python experiments/claims_training.py                               # every claim, seeds 0 1 2
-  python experiments/claims_training.py --claims degradation knn --seeds 0 1
-  python experiments/claims_training.py --claims augmentation --steps 2 --seeds 0   # smoke test
+  python -m experiments.claims_training                               # every claim, seeds 0 1 2
+  python -m experiments.claims_training --claims degradation knn --seeds 0 1
+  python -m experiments.claims_training --claims augmentation --steps 2 --seeds 0   # smoke test
 
 Claims (notes 004; every arm of a claim trains the same config but for the arm's own fields, for
 the same number of steps, seeds 0, 1, 2; digits: 1,437 train / 360 test 8x8 images at 32x32):
@@ -22,11 +22,11 @@ the same number of steps, seeds 0, 1, 2; digits: 1,437 train / 360 test 8x8 imag
   default; flip = left-right mirror, which turns some digits into other symbols; color = a
   brightness offset in [-0.1, 0.1] of the [0, 1] range, digits being grey).
 
-Every run goes through cnn_jax.recipes.sweep, the trainer's in-process runner of configs with overrides:
-runs/claims/<claim>/steps<N><tag>/<arm>_seed<k> is an ordinary trainer workdir; one that holds
-summary.json is read, not rerun, and an interrupted one resumes. Each finished run's checkpoint
-is then evaluated without augmentation on both splits (claims_eval.json in its workdir, also
-reused). Writes claims_training.md and .json, claims_training_degradation.png and
+Every run goes through cnn_jax.recipes.sweep, the trainer's in-process runner of configs with
+overrides: runs/claims/<claim>/steps<N><tag>/<arm>_seed<k> is an ordinary trainer workdir; one
+that holds summary.json is read, not rerun, and an interrupted one resumes. Each finished run's
+checkpoint is then evaluated without augmentation on both splits (claims_eval.json in its
+workdir, also reused). Writes claims_training.md and .json, claims_training_degradation.png and
 claims_training_augment.png into --out_dir (default experiments/results), keeping the claims of
 earlier invocations that were not rerun.
 
@@ -39,29 +39,23 @@ import argparse
 import dataclasses
 import importlib
 import json
-import math
 import os
-import platform
-import statistics
 import sys
 import time
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow serves tf.data only
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from cnn_jax import data as data_lib  # noqa: E402
-from cnn_jax import train  # noqa: E402
-from cnn_jax.core.checkpoint import Checkpointer  # noqa: E402
-from cnn_jax.core.errors import UserError  # noqa: E402
+from cnn_jax import data as data_lib
+from cnn_jax import train
+from cnn_jax.core.checkpoint import Checkpointer
+from cnn_jax.core.errors import UserError
 from cnn_jax.recipes import sweep
+from experiments import common
+from experiments.common import mean_std
 
-RESULTS = os.path.join(ROOT, 'experiments', 'results')
-RUNS = os.path.join(ROOT, 'runs', 'claims')
+RUNS = os.path.join(common.ROOT, 'runs', 'claims')
 NAME = 'claims_training'
 EVAL_FILE = 'claims_eval.json'
 COLOR_SHIFT = 0.1  # brightness offsets up to 10% of the range (about 25 of 255)
@@ -165,7 +159,7 @@ def check_trainer_augments(config, workdir: str) -> None:
   """Fails unless the trainer's first batch follows config.augment: otherwise every arm would
   train on the same batches and the claim would compare nothing."""
   exp = train.build(config, workdir)
-  trainer = next(train._train_batches(exp, 0))['image']
+  trainer = next(train.train_batches(exp, 0))['image']
   wanted = next(
     data_lib.train_iterator(
       exp.data,
@@ -182,7 +176,7 @@ def check_trainer_augments(config, workdir: str) -> None:
     raise UserError(
       'cnn_jax.train does not pass config.augment to the input pipeline, so every augmentation '
       'arm would train on the same batches; add augment=config.get("augment") to '
-      'train._train_batches'
+      'train.train_batches'
     )
 
 
@@ -271,8 +265,7 @@ def evaluate_run(config, workdir: str, cache: dict[str, Any]) -> dict[str, Any]:
       result['test_class_accuracy'] = [
         float(correct[labels == c].mean()) for c in range(data.num_classes)
       ]
-  with open(path, 'w') as f:
-    json.dump(result, f, indent=1)
+  common.write_json(path, result)
   return result
 
 
@@ -334,19 +327,13 @@ def knn_claim(data_dir: str) -> dict[str, Any]:
 # Tables and figures.
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-  if not values:
-    return math.nan, math.nan
-  return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def _pct(values: list[float]) -> str:
-  mean, std = _mean_std([100 * v for v in values])
+  mean, std = mean_std([100 * v for v in values])
   return f'{mean:.2f} ± {std:.2f}%' if values else 'n/a'
 
 
 def _num(values: list[float]) -> str:
-  mean, std = _mean_std(values)
+  mean, std = mean_std(values)
   return f'{mean:.3f} ± {std:.3f}' if values else 'n/a'
 
 
@@ -376,7 +363,7 @@ def _difference(arms: dict[str, list[dict]], a: str, b: str, key: str) -> str:
   if not seeds:
     return ''
   diffs = [100 * (first[s] - second[s]) for s in seeds]
-  mean, std = _mean_std(diffs)
+  mean, std = mean_std(diffs)
   per_seed = ', '.join(f'{d:+.2f}' for d in diffs)
   return f'{a} − {b}: {mean:+.2f} ± {std:.2f} points (seeds {seeds}: {per_seed})'
 
@@ -395,7 +382,7 @@ def degradation_md(claim: dict) -> list[str]:
       f'| {arm}{_seeds_note(runs)} | {runs[0]["params"]:,} '
       f'| {_pct([r["train_error"] for r in done])} | {_num([r["train_ce"] for r in done])} '
       f'| {_num(last)} | {_pct([r["test_error"] for r in done])} '
-      f'| {_mean_std([r["wall_seconds"] for r in done])[0]:.0f} s |'
+      f'| {mean_std([r["wall_seconds"] for r in done])[0]:.0f} s |'
     )
   lines.append('')
   lines.append('Training error, deeper minus shallower (mean ± std over seeds, and per seed):')
@@ -421,7 +408,7 @@ def inception_md(claim: dict) -> list[str]:
       f'| {arm}{_seeds_note(runs)} | {runs[0]["params"]:,} | {runs[0]["macs"]:,} '
       f'| {" → ".join(map(str, widths))} | {_pct([r["test_accuracy"] for r in done])} '
       f'| {_pct([r["train_error"] for r in done])} '
-      f'| {_mean_std([r["wall_seconds"] for r in done])[0]:.0f} s |'
+      f'| {mean_std([r["wall_seconds"] for r in done])[0]:.0f} s |'
     )
   if {'naive', 'bottleneck'} <= set(arms):
     naive, bottleneck = arms['naive'][0], arms['bottleneck'][0]
@@ -448,7 +435,7 @@ def augmentation_md(claim: dict) -> list[str]:
       f'| {arm}{_seeds_note(runs)} | {o["augment.crop"]} | {o["augment.flip"]} '
       f'| {o["augment.color_shift"]:g} | {_pct([r["test_accuracy"] for r in done])} '
       f'| {_pct([r["train_error"] for r in done])} '
-      f'| {_mean_std([r["wall_seconds"] for r in done])[0]:.0f} s |'
+      f'| {mean_std([r["wall_seconds"] for r in done])[0]:.0f} s |'
     )
   lines += ['', 'Test accuracy by digit (mean over seeds):', '']
   lines.append('| arm | ' + ' | '.join(str(c) for c in range(10)) + ' |')
@@ -499,7 +486,7 @@ def markdown(payload: dict) -> str:
   claims = payload['claims']
   machine = payload['machine']
   lines = [
-    f'# Training claims of the notes, measured (`python experiments/{NAME}.py`)',
+    f'# Training claims of the notes, measured (`python -m experiments.{NAME}`)',
     '',
     f'Machine: {machine["cpus"]}-core {machine["machine"]} CPU, shared with other jobs (load '
     'averages per claim below). Digits: 1,437 train / 360 test images, 32x32. Every arm of a '
@@ -546,18 +533,9 @@ def _overrides(overrides: dict[str, Any]) -> str:
   return ''.join(f' `--config.{k}={v}`' for k, v in overrides.items())
 
 
-def _pyplot():
-  import matplotlib
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
-  return plt
-
-
 def plot_degradation(claim: dict, path: str) -> None:
   """Training loss against step (mean ± std band over seeds) and the final errors."""
-  plt = _pyplot()
+  plt = common.pyplot()
   arms = by_arm(claim['rows'])
   fig, (ax, bars) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
   for arm, runs in arms.items():
@@ -579,20 +557,19 @@ def plot_degradation(claim: dict, path: str) -> None:
   names = list(arms)
   x = np.arange(len(names))
   for offset, key, label in ((-0.2, 'train_error', 'training error'), (0.2, 'test_error', 'test')):
-    stats = [_mean_std([100 * r[key] for r in _done(arms[a])]) for a in names]
+    stats = [mean_std([100 * r[key] for r in _done(arms[a])]) for a in names]
     bars.bar(x + offset, [m for m, _ in stats], 0.4, yerr=[s for _, s in stats], label=label)
   bars.set_xticks(x, names)
   bars.set_ylabel('error (%)')
   bars.set_title(f'after {claim["steps"]} steps, no augmentation')
   bars.legend(loc='best')
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def plot_augmentation(claim: dict, path: str, data_dir: str, count: int = 8) -> None:
   """The first training images of step 0 (seed 0) as each arm's pipeline makes them."""
-  plt = _pyplot()
+  plt = common.pyplot()
   data = data_lib.load('digits', data_dir or None)
   arms = [(arm, o) for arm, o in CLAIMS['augmentation'].arms if arm in by_arm(claim['rows'])]
   fig, axes = plt.subplots(len(arms), count, figsize=(count * 0.9, len(arms) * 1.0), dpi=120)
@@ -620,8 +597,7 @@ def plot_augmentation(claim: dict, path: str, data_dir: str, count: int = 8) -> 
         axes[i, j].set_title(f'label {batch["label"][j]}', fontsize=7)
     axes[i, 0].set_ylabel(arm, fontsize=8)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def module_widths(config) -> list[int]:
@@ -651,7 +627,7 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
   parser.add_argument('--steps', type=int, default=0, help="every claim's steps (0: its own)")
   parser.add_argument('--arms', nargs='*', help='only these arms (labels), e.g. for a smoke test')
-  parser.add_argument('--out_dir', default=RESULTS)
+  parser.add_argument('--out_dir', default=common.RESULTS)
   parser.add_argument('--runs_dir', default=RUNS)
   parser.add_argument('--data_dir', default='', help="tfds folder ('': $TFDS_DATA_DIR or ~)")
   args = parser.parse_args(argv)
@@ -668,15 +644,10 @@ def main(argv: list[str] | None = None) -> dict:
   if os.path.exists(out):
     with open(out) as f:
       payload = json.load(f)
-  payload['machine'] = {
-    'machine': platform.machine(),
-    'cpus': os.cpu_count(),
-    'python': sys.version.split()[0],
-    'jax': jax.__version__,
-  }
+  payload['machine'] = common.machine(python=common.python_version(), jax=jax.__version__)
   start = time.perf_counter()
   for name in [c for c in ALL if c in args.claims]:
-    t0, load_before = time.perf_counter(), os.getloadavg()
+    t0, load_before = time.perf_counter(), common.load_average()
     if name == KNN:
       result = knn_claim(args.data_dir)
     else:
@@ -698,18 +669,15 @@ def main(argv: list[str] | None = None) -> dict:
           for arm, overrides in CLAIMS[name].arms
         }
     result['seconds'] = round(time.perf_counter() - t0, 1)
-    result['load_average_before'] = [round(v, 2) for v in load_before]
-    result['load_average_after'] = [round(v, 2) for v in os.getloadavg()]
+    result['load_average_before'] = load_before
+    result['load_average_after'] = common.load_average()
     payload['claims'][name] = result
-    with open(out, 'w') as f:
-      json.dump(payload, f, indent=1, default=str)
+    common.write_json(out, payload, default=str)
     if name == 'degradation':
       plot_degradation(result, os.path.join(args.out_dir, f'{NAME}_degradation.png'))
     if name == 'augmentation':
       plot_augmentation(result, os.path.join(args.out_dir, f'{NAME}_augment.png'), args.data_dir)
-    table = markdown(payload)
-    with open(os.path.join(args.out_dir, f'{NAME}.md'), 'w') as f:
-      f.write(table)
+    common.write_text(os.path.join(args.out_dir, f'{NAME}.md'), markdown(payload))
   print(markdown(payload), flush=True)
   print(f'{time.perf_counter() - start:.0f} s in all.', flush=True)
   return payload

@@ -1,7 +1,7 @@
 """Transfer learning on digits: a new head on a frozen backbone, fine-tuning all, or from scratch.
 
-  python experiments/claims_transfer.py                         # n = 5, 20, all; seeds 0 1 2
-  python experiments/claims_transfer.py --sizes 5 --seeds 0 --source_steps 2 --steps 2  # smoke
+  python -m experiments.claims_transfer                         # n = 5, 20, all; seeds 0 1 2
+  python -m experiments.claims_transfer --sizes 5 --seeds 0 --source_steps 2 --steps 2  # smoke
 
 The claim (notes 004, transfer learning): with a small labelled set, keep the earlier layers of a
 net trained on another task fixed and train only a new softmax layer; with more data, freeze
@@ -37,32 +37,26 @@ runs): 28.4 min; the source 94 s, target runs 32-122 s.
 """
 
 import argparse
-import json
 import math
 import os
-import platform
-import statistics
 import sys
 import time
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow serves tf.data only
+import jax
+import ml_collections
 
-import jax  # noqa: E402
-import ml_collections  # noqa: E402
-
-from cnn_jax import data as data_lib  # noqa: E402
+from cnn_jax import data as data_lib
 from cnn_jax import train
-from cnn_jax.core.errors import UserError  # noqa: E402
-from cnn_jax.data import datasets  # noqa: E402
+from cnn_jax.core.errors import UserError
+from cnn_jax.data import datasets
 from cnn_jax.recipes import sweep
-from cnn_jax.weights import transfer  # noqa: E402
-from configs import resnet  # noqa: E402
+from cnn_jax.weights import transfer
+from configs import resnet
+from experiments import common
+from experiments.common import mean_std
 
-RESULTS = os.path.join(ROOT, 'experiments', 'results')
-RUNS = os.path.join(ROOT, 'runs', 'claims')
+RUNS = os.path.join(common.ROOT, 'runs', 'claims')
 NAME = 'claims_transfer'
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
@@ -180,12 +174,6 @@ def trained_parameters(config: ml_collections.ConfigDict, freeze: str) -> tuple[
 # Tables and figure.
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-  if not values:
-    return math.nan, math.nan
-  return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def aggregate(rows: list[dict]) -> list[dict]:
   """One entry per (n, arm): test accuracies of the finished seeds, their mean and std."""
   groups: dict[tuple[int, str], list[dict]] = {}
@@ -195,7 +183,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
   for (n, arm), runs in groups.items():
     done = sorted((r for r in runs if r['status'] == 'done'), key=lambda r: r['seed'])
     accuracies = [r['test_accuracy'] for r in done]
-    mean, std = _mean_std(accuracies)
+    mean, std = mean_std(accuracies)
     out.append(
       {
         'n': n,
@@ -205,7 +193,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
         'mean': mean,
         'std': std,
         'not_done': [f'seed {r["seed"]} {r["status"]}' for r in runs if r['status'] != 'done'],
-        'wall_seconds': _mean_std([r['wall_seconds'] for r in done])[0],
+        'wall_seconds': mean_std([r['wall_seconds'] for r in done])[0],
       }
     )
   return out
@@ -224,7 +212,7 @@ def markdown(payload: dict) -> str:
   arms, sizes = t['arms'], t['sizes']
   table = {(e['n'], e['arm']): e for e in payload['aggregate']}
   m = payload['machine']
-  command = ' '.join(['python experiments/claims_transfer.py', *payload['argv']])
+  command = ' '.join(['python -m experiments.claims_transfer', *payload['argv']])
   lines = [
     '# Transfer learning: frozen backbone + new head vs fine-tuning vs from scratch',
     '',
@@ -278,11 +266,7 @@ def best_arms(entries: list[dict], sizes: list[int]) -> dict[int, str]:
 
 
 def plot(payload: dict, path: str) -> None:
-  import matplotlib
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
+  plt = common.pyplot()
   t = payload['target']
   counts = t['train_counts']
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -302,8 +286,7 @@ def plot(payload: dict, path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,14 +315,14 @@ def main(argv: list[str] | None = None) -> dict | None:
   parser.add_argument('--source_steps', type=int, default=50, help="50: the recipe's 10 epochs")
   parser.add_argument('--model', default='resnet20')
   parser.add_argument('--image_size', type=int, default=32)
-  parser.add_argument('--out_dir', default=RESULTS)
+  parser.add_argument('--out_dir', default=common.RESULTS)
   parser.add_argument('--runs_dir', default=RUNS)
   parser.add_argument('--data_dir', default='', help="tfds folder ('': $TFDS_DATA_DIR or ~)")
   args = parser.parse_args(argv)
   _check_args(args)
   for name in ('sizes', 'seeds', 'arms'):  # each once, in the order given
     setattr(args, name, list(dict.fromkeys(getattr(args, name))))
-  start, load_before = time.perf_counter(), os.getloadavg()
+  start, load_before = time.perf_counter(), common.load_average()
   source_dir, target_dir = run_dirs(args)
   config, base = source_config(args), target_config(args)
   # The splits first: a class with fewer than n training images is a UserError before training.
@@ -368,12 +351,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     return None
   entries = aggregate(rows)
   payload = {
-    'machine': {
-      'machine': platform.machine(),
-      'cpus': os.cpu_count(),
-      'python': sys.version.split()[0],
-      'jax': jax.__version__,
-    },
+    'machine': common.machine(python=common.python_version(), jax=jax.__version__),
     'argv': list(argv if argv is not None else sys.argv[1:]),
     'source': {
       'model': args.model,
@@ -406,14 +384,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     'best': best_arms(entries, args.sizes),
   }
   payload['seconds'] = round(time.perf_counter() - start, 1)
-  payload['load_average_before'] = [round(v, 2) for v in load_before]
-  payload['load_average_after'] = [round(v, 2) for v in os.getloadavg()]
-  os.makedirs(args.out_dir, exist_ok=True)
-  with open(os.path.join(args.out_dir, f'{NAME}.json'), 'w') as f:
-    json.dump(payload, f, indent=1, default=str)
+  payload['load_average_before'] = load_before
+  payload['load_average_after'] = common.load_average()
+  common.write_json(os.path.join(args.out_dir, f'{NAME}.json'), payload, default=str)
   table = markdown(payload)
-  with open(os.path.join(args.out_dir, f'{NAME}.md'), 'w') as f:
-    f.write(table + '\n')
+  common.write_text(os.path.join(args.out_dir, f'{NAME}.md'), table + '\n')
   plot(payload, os.path.join(args.out_dir, f'{NAME}.png'))
   print(table, flush=True)
   return payload

@@ -1,7 +1,7 @@
 """Depthwise convolution on CPU: XLA's grouped conv vs the shift-and-add form (vs PyTorch).
 
-  python experiments/depthwise_benchmark.py               # ~6 minutes on 2 cores
-  python experiments/depthwise_benchmark.py --quick       # fewer repetitions, no torch steps
+  python -m experiments.depthwise_benchmark               # ~6 minutes on 2 cores
+  python -m experiments.depthwise_benchmark --quick       # fewer repetitions, no torch steps
 
 Times, in milliseconds, the median of --reps calls after a warm-up call (compilation timed
 apart, with `lower().compile()`):
@@ -19,26 +19,23 @@ the load average before and after is recorded with the numbers.
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from cnn_jax.models.efficientnet import B0_STAGES, efficientnet_variant  # noqa: E402
-from cnn_jax.models.mobilenet import V2_SETTING, mobilenet_v2  # noqa: E402
-from cnn_jax.nn.depthwise import depthwise_conv  # noqa: E402
+from cnn_jax.models.efficientnet import B0_STAGES, efficientnet_variant
+from cnn_jax.models.mobilenet import V2_SETTING, mobilenet_v2
+from cnn_jax.nn.depthwise import depthwise_conv
+from experiments import common
+from experiments.timing import compile_jit, interleaved, time_calls
 
 # (H, W, C, stride): depthwise layers of MobileNet-v2 at 224 px (blocks 2, 4, 6-7, 14-16).
 LAYER_SHAPES = [
@@ -49,24 +46,6 @@ LAYER_SHAPES = [
   (7, 7, 960, 1),
 ]
 IMPLS = ('shift', 'grouped')
-
-
-def _time(fn: Callable[[], Any], reps: int, warmup: int) -> list[float]:
-  """Wall-clock seconds of `reps` calls of `fn` (which blocks until done), after `warmup` calls."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return times
-
-
-def _compile(fn: Callable, *args: Any) -> tuple[Callable, float]:
-  t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  return compiled, time.perf_counter() - t0
 
 
 def _row(kind: str, impl: str, times: list[float], compile_s: float | None = None, **extra) -> dict:
@@ -101,12 +80,12 @@ def bench_layers_jax(batch: int, reps: int, slow_reps: int) -> list[dict]:
 
       slow = impl == 'grouped'
       n, warm = (slow_reps, 0) if slow else (reps, 1)
-      f, cf = _compile(fwd, x, k)
-      times = _time(lambda f=f, x=x, k=k: f(x, k).block_until_ready(), n, warm)
+      f, cf = compile_jit(fwd, x, k)
+      times = time_calls(lambda f=f, x=x, k=k: f(x, k).block_until_ready(), n, warm)
       rows.append(_row('forward', impl, times, cf, **shape))
       print(_fmt(rows[-1]), flush=True)
-      fb, cfb = _compile(fwd_bwd, x, k, g)
-      times = _time(lambda fb=fb, x=x, k=k, g=g: jax.block_until_ready(fb(x, k, g)), n, warm)
+      fb, cfb = compile_jit(fwd_bwd, x, k, g)
+      times = time_calls(lambda fb=fb, x=x, k=k, g=g: jax.block_until_ready(fb(x, k, g)), n, warm)
       rows.append(_row('forward+backward', impl, times, cfb, **shape))
       print(_fmt(rows[-1]), flush=True)
   return rows
@@ -134,29 +113,11 @@ def bench_layers_torch(batch: int, reps: int) -> list[dict]:
       x.grad, conv.weight.grad = None, None
       conv(x).backward(g)
 
-    rows.append(_row('forward', 'torch', _time(fwd, reps, 1), **shape))
+    rows.append(_row('forward', 'torch', time_calls(fwd, reps, 1), **shape))
     print(_fmt(rows[-1]), flush=True)
-    rows.append(_row('forward+backward', 'torch', _time(fwd_bwd, reps, 1), **shape))
+    rows.append(_row('forward+backward', 'torch', time_calls(fwd_bwd, reps, 1), **shape))
     print(_fmt(rows[-1]), flush=True)
   return rows
-
-
-def _interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
-  """Seconds per call of each fn, one call of each per round, after one warm-up call each.
-
-  Round r starts at the r-th fn (a rotation), so that no fn always follows the same one: what a
-  call leaves behind (threads still spinning, memory being returned) falls on each in turn."""
-  for fn in fns.values():
-    fn()
-  names = list(fns)
-  times: dict[str, list[float]] = {name: [] for name in fns}
-  for r in range(reps):
-    k = r % len(names)
-    for name in names[k:] + names[:k]:
-      t0 = time.perf_counter()
-      fns[name]()
-      times[name].append(time.perf_counter() - t0)
-  return times
 
 
 def _jax_train_step(model, batch: int, size: int) -> tuple[Callable[[], Any], float]:
@@ -187,7 +148,7 @@ def _jax_train_step(model, batch: int, size: int) -> tuple[Callable[[], Any], fl
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), stats, opt_state), loss
 
-  f, compile_s = _compile(step, state, x, labels)
+  f, compile_s = compile_jit(step, state, x, labels)
   return (lambda: jax.block_until_ready(f(state, x, labels))), compile_s
 
 
@@ -300,12 +261,12 @@ def bench_train_steps(
       module = torch_model()
       params[(name, 'torch')] = sum(p.numel() for p in module.parameters())
       fns[(name, 'torch')] = _torch_train_step(module, batch, size)
-  times = _interleaved(fns, reps)
+  times = interleaved(fns, reps)
   # The grouped conv's step takes ~10 s: a few calls, no warm-up, after the others.
   grouped, compile_s[('mobilenet_v2', 'grouped')] = _jax_train_step(
     mobilenet_v2(depthwise_impl='grouped'), batch, size
   )
-  times[('mobilenet_v2', 'grouped')] = _time(grouped, slow_reps, 0)
+  times[('mobilenet_v2', 'grouped')] = time_calls(grouped, slow_reps, 0)
   rows = []
   for (name, impl), t in times.items():
     row = _row(
@@ -386,7 +347,7 @@ def main() -> dict:
   )
   result = dict(
     machine=dict(
-      cpu=platform.processor() or platform.machine(),
+      cpu=common.cpu_name(),
       cpu_count=os.cpu_count(),
       load_average_before=load_before,
       load_average_after=os.getloadavg(),
@@ -402,12 +363,8 @@ def main() -> dict:
   print()
   print(_table(rows))
   print(f'\nload average before {load_before}, after {result["machine"]["load_average_after"]}')
-  out = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), 'results', 'depthwise_benchmark.json'
-  )
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, 'w') as f:
-    json.dump(result, f, indent=1)
+  out = os.path.join(common.RESULTS, 'depthwise_benchmark.json')
+  common.write_json(out, result)
   print(f'wrote {out}')
   return result
 

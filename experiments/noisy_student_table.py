@@ -1,7 +1,7 @@
 """Noisy Student on the offline digits split, over several seeds: teacher vs its students.
 
-  python experiments/noisy_student_table.py                  # both tables, 3 seeds
-  python experiments/noisy_student_table.py --table main --seeds 0
+  python -m experiments.noisy_student_table                  # both tables, 3 seeds
+  python -m experiments.noisy_student_table --table main --seeds 0
 
 Tables:
 - main: `python main.py --config=configs/noisy_student.py` as shipped (2 iterations): test
@@ -24,13 +24,11 @@ import os
 import shutil
 import statistics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from offline_table import write_results  # noqa: E402  (experiments/ is this script's folder)
-from recipes_table import run  # noqa: E402
+from experiments import common
+from experiments.recipes_table import run
 
 CONFIG = 'configs/noisy_student.py'
-RUNS = os.path.join(ROOT, 'runs', 'noisy_student')
+RUNS = os.path.join(common.ROOT, 'runs', 'noisy_student')
 NO_NOISE = [
   '--config.randaugment=()',
   '--config.model.dropout_rate=0',
@@ -137,14 +135,14 @@ def main() -> None:
   parser.add_argument('--fresh', action='store_true', help='rerun runs that already finished')
   args = parser.parse_args()
   tables = args.table or ['main', 'ablation']
-  out = os.path.join(ROOT, 'experiments', 'results', 'noisy_student_table.json')
+  out = os.path.join(common.RESULTS, 'noisy_student_table.json')
   done = {'main': [], 'ablations': {}}
   if os.path.exists(out):
     with open(out) as f:
       done = json.load(f)
 
   def save():
-    write_results(out, done, markdown(done['main'], done['ablations']))
+    common.write_results(out, done, markdown(done['main'], done['ablations']))
 
   # Every seed's main run first: the ablations copy its teacher.
   main_runs = {r['seed']: r for r in done['main']}

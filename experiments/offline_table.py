@@ -1,7 +1,7 @@
 """Trains every family's offline default as a user would, and tabulates what it costs and reaches.
 
-  python experiments/offline_table.py                  # every row, about an hour on 2 CPU cores
-  python experiments/offline_table.py --only vgg senet # some rows (by label)
+  python -m experiments.offline_table                  # every row, about an hour on 2 CPU cores
+  python -m experiments.offline_table --only vgg senet # some rows (by label)
 
 Each row is `python main.py --config=configs/<family>.py --workdir=runs/offline/<label>` in a
 fresh process (the README's first command with another config): digits, no download. A row whose
@@ -14,17 +14,12 @@ experiments/results/offline_table.md and .json, with the machine's load average 
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
-import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from cnn_jax import train  # noqa: E402
+from cnn_jax import train
 from cnn_jax.models import summary
+from experiments import common
 
 # (label, config file, extra flags): one row per family's offline default.
 ROWS = [
@@ -43,37 +38,19 @@ ROWS = [
 ]
 
 
-def config_of(path: str, flags: list[str]):
-  """The config main.py would build (file + --config.x=y overrides), for the size columns."""
-  from absl import flags as absl_flags
-  from ml_collections import config_flags
-
-  fv = absl_flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, flag_values=fv, lock_config=True)
-  argv, sys.argv = sys.argv, [sys.argv[0], f'--config={path}', *flags]  # config_flags reads it
-  try:
-    fv(sys.argv)
-  finally:
-    sys.argv = argv
-  return fv.config
-
-
 def run_row(label: str, path: str, flags: list[str], fresh: bool) -> dict:
-  workdir = os.path.join(ROOT, 'runs', 'offline', label)
+  workdir = os.path.join(common.ROOT, 'runs', 'offline', label)
   if fresh and os.path.isdir(workdir):
     shutil.rmtree(workdir)
   summary_path = os.path.join(workdir, 'summary.json')
-  load_before = os.getloadavg()
+  load_before = common.load_average()
   command_seconds = None
   if not os.path.exists(summary_path):
-    cmd = [sys.executable, 'main.py', f'--config={path}', f'--workdir={workdir}', *flags]
-    print('$', ' '.join(cmd[1:]), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    command_seconds = round(time.perf_counter() - t0, 1)
+    main_flags = [f'--config={path}', f'--workdir={workdir}', *flags]
+    _, command_seconds = common.run_main_py(main_flags, stdout=subprocess.DEVNULL)
   with open(summary_path) as f:
     result = json.load(f)
-  config = config_of(path, flags)
+  config = common.config_of(path, flags)
   model = train.create_model(config, num_classes=10)
   s = summary.summarize(model, train.input_shape(config))
   return {
@@ -88,8 +65,8 @@ def run_row(label: str, path: str, flags: list[str], fresh: bool) -> dict:
     'steps': result['steps'],
     'train_wall_seconds': result['wall_seconds'],
     'command_seconds': command_seconds,
-    'load_average_before': [round(v, 2) for v in load_before],
-    'load_average_after': [round(v, 2) for v in os.getloadavg()],
+    'load_average_before': load_before,
+    'load_average_after': common.load_average(),
   }
 
 
@@ -109,16 +86,6 @@ def markdown(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def write_results(out: str, payload: dict, table: str) -> None:
-  """`payload` and the machine as `out` (.json), `table` as the .md beside it; prints the table."""
-  machine = {'machine': platform.machine(), 'cpus': os.cpu_count(), 'python': sys.version[:6]}
-  with open(out, 'w') as f:
-    json.dump({'machine': machine, **payload}, f, indent=1)
-  with open(out.replace('.json', '.md'), 'w') as f:
-    f.write(table + '\n')
-  print(table, flush=True)
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--only', nargs='*', help='labels of the rows to run (default: all)')
@@ -128,7 +95,7 @@ def main() -> None:
   unknown = sorted(set(args.only or ()) - set(labels))
   if unknown:
     parser.error(f'unknown rows {unknown}; choose from {labels}')
-  out = os.path.join(ROOT, 'experiments', 'results', 'offline_table.json')
+  out = os.path.join(common.RESULTS, 'offline_table.json')
   done = {}
   if os.path.exists(out):
     with open(out) as f:
@@ -138,7 +105,7 @@ def main() -> None:
       continue
     done[label] = run_row(label, path, flags, args.fresh)
     rows = [done[lb] for lb in labels if lb in done]
-    write_results(out, {'rows': rows}, markdown(rows))
+    common.write_results(out, {'rows': rows}, markdown(rows))
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 """One-shot evaluation of an untrained encoder: what the triplet loss has to beat.
 
-  python experiments/one_shot_baseline.py                         # configs/triplet.py as shipped
-  python experiments/one_shot_baseline.py --workdir runs/triplet  # and a trained run beside it
+  python -m experiments.one_shot_baseline                         # configs/triplet.py as shipped
+  python -m experiments.one_shot_baseline --workdir runs/triplet  # and a trained run beside it
 
 Builds the run of configs/triplet.py (with --override field=value pairs, e.g.
 --override triplet.mining=hard), evaluates its freshly initialised encoder (config.seed's weights)
@@ -16,14 +16,10 @@ import ast
 import functools
 import json
 import os
-import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from cnn_jax import train  # noqa: E402
-from configs import triplet  # noqa: E402
+from cnn_jax import train
+from configs import triplet
 
 
 def untrained(config) -> dict[str, float]:

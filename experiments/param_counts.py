@@ -1,19 +1,17 @@
 """Parameters and multiply-adds of every registered model, against the published numbers.
 
-  python experiments/param_counts.py            # prints a markdown table, writes it to
+  python -m experiments.param_counts            # prints a markdown table, writes it to
                                                 # experiments/results/param_counts.md
 
 Everything is traced with jax.eval_shape (no compute): a few seconds on a laptop CPU.
 """
 
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cnn_jax import models
-from cnn_jax.models import summary  # noqa: E402
-from cnn_jax.models.resnet import CIFAR_DEPTHS  # noqa: E402
+from cnn_jax.models import summary
+from cnn_jax.models.resnet import CIFAR_DEPTHS
+from experiments import common
 
 # Published parameter counts: torchvision (ImageNet nets, 1000 classes), He et al. 2016 Table 6
 # (CIFAR nets, rounded to 0.01 M), the course notes' LeNet-5 table (sum of its rows).
@@ -87,10 +85,7 @@ def main() -> str:
       f'| {REFERENCE.get(name, "")} |'
     )
   table = '\n'.join(lines)
-  out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'param_counts.md')
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, 'w') as f:
-    f.write(table + '\n')
+  common.write_text(os.path.join(common.RESULTS, 'param_counts.md'), table + '\n')
   return table
 
 

@@ -1,7 +1,7 @@
 """Training recipes against their baselines, over several seeds: mean and std of test accuracy.
 
-  python experiments/recipes_table.py                       # every group, 3 seeds
-  python experiments/recipes_table.py --group distill --seeds 0 1 2
+  python -m experiments.recipes_table                       # every group, 3 seeds
+  python -m experiments.recipes_table --group distill --seeds 0 1 2
 
 Groups:
 - distill: LeNet-5 from scratch (configs/lenet5.py) vs LeNet-5 distilled from a ResNet-20
@@ -21,12 +21,8 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from offline_table import write_results  # noqa: E402  (experiments/ is this script's folder)
+from experiments import common
 
 TEACHER = 'runs/recipes/teacher'  # relative to the repository root, where main.py runs
 TEACHER_NO_LS = 'runs/recipes/teacher_no_label_smoothing'
@@ -67,25 +63,15 @@ def run(
   label: str, path: str, flags: list[str], seed: int, fresh: bool, workdir: str | None = None
 ) -> dict:
   slug = label.replace(' ', '_')
-  workdir = workdir or os.path.join(ROOT, 'runs', 'recipes', f'{slug}_seed{seed}')
+  workdir = workdir or os.path.join(common.ROOT, 'runs', 'recipes', f'{slug}_seed{seed}')
   if fresh and os.path.isdir(workdir):
     shutil.rmtree(workdir)
   summary_path = os.path.join(workdir, 'summary.json')
-  load_before = os.getloadavg()
+  load_before = common.load_average()
   seconds = None
   if not os.path.exists(summary_path):
-    cmd = [
-      sys.executable,
-      'main.py',
-      f'--config={path}',
-      f'--workdir={workdir}',
-      f'--config.seed={seed}',
-      *flags,
-    ]
-    print('$', ' '.join(cmd[1:]), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    seconds = round(time.perf_counter() - t0, 1)
+    main_flags = [f'--config={path}', f'--workdir={workdir}', f'--config.seed={seed}', *flags]
+    _, seconds = common.run_main_py(main_flags, stdout=subprocess.DEVNULL)
   with open(summary_path) as f:
     result = json.load(f)
   return {
@@ -93,15 +79,15 @@ def run(
     'test_accuracy': result['test_accuracy'],
     'teacher_test_accuracy': result.get('teacher_test_accuracy'),
     'wall_seconds': seconds or result['wall_seconds'],
-    'load_average_before': [round(v, 2) for v in load_before],
-    'load_average_after': [round(v, 2) for v in os.getloadavg()],
+    'load_average_before': load_before,
+    'load_average_after': common.load_average(),
   }
 
 
 def run_teacher(teacher: tuple[str, str, list[str]], fresh: bool) -> dict:
   """A group's teacher, seed 0, in its own workdir."""
   workdir, path, flags = teacher
-  return run('teacher', path, flags, 0, fresh, workdir=os.path.join(ROOT, workdir))
+  return run('teacher', path, flags, 0, fresh, workdir=os.path.join(common.ROOT, workdir))
 
 
 def markdown(groups: dict[str, list[dict]]) -> str:
@@ -128,7 +114,7 @@ def main() -> None:
   parser.add_argument('--seeds', nargs='*', type=int, default=[0, 1, 2])
   parser.add_argument('--fresh', action='store_true', help='rerun runs that already finished')
   args = parser.parse_args()
-  out = os.path.join(ROOT, 'experiments', 'results', 'recipes_table.json')
+  out = os.path.join(common.RESULTS, 'recipes_table.json')
   done: dict[str, list[dict]] = {}
   if os.path.exists(out):
     with open(out) as f:
@@ -149,7 +135,7 @@ def main() -> None:
       seeds = [run(label, path, flags, s, args.fresh) for s in args.seeds]
       rows.append({'label': label, 'config': ' '.join([path, *flags]), 'seeds': seeds})
     done[group] = rows
-    write_results(out, {'groups': done}, markdown(done))
+    common.write_results(out, {'groups': done}, markdown(done))
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 """The seeds' segmentation claims, measured on the offline digit scenes with one training budget.
 
-  python experiments/segmentation_table.py                  # every row, about 1.5 h on 2 CPU cores
-  python experiments/segmentation_table.py --only unet fcn8s --no-crf
+  python -m experiments.segmentation_table                  # every row, about 1.5 h on 2 CPU cores
+  python -m experiments.segmentation_table --only unet fcn8s --no-crf
 
 Claims (Long et al. 2015; Odena et al. 2016; Chen et al. 2015):
 - FCN-8s vs FCN-16s vs FCN-32s: fusing the finer pool4 / pool3 scores gives finer masks;
@@ -23,16 +23,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from offline_table import config_of, write_results  # noqa: E402  (this script's folder)
-
-from cnn_jax import train  # noqa: E402
+from cnn_jax import train
 from cnn_jax.models import summary
+from experiments import common
 
 # (label, config file, extra flags): the claim a row is part of is in its label.
 ROWS = [
@@ -46,29 +40,22 @@ ROWS = [
 NUM_CLASSES = 11  # digit_scenes: background + 10 digits
 
 
-def _run(cmd: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, float]:
-  print('$', ' '.join(cmd[1:]), flush=True)
-  t0 = time.perf_counter()
-  done = subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, check=True, **kwargs)
-  return done, round(time.perf_counter() - t0, 1)
-
-
 def run_row(label: str, path: str, flags: list[str], fresh: bool, crf: bool) -> dict:
-  workdir = os.path.join(ROOT, 'runs', 'segmentation', label)
+  workdir = os.path.join(common.ROOT, 'runs', 'segmentation', label)
   if fresh and os.path.isdir(workdir):
     shutil.rmtree(workdir)
   summary_path = os.path.join(workdir, 'summary.json')
   crf_path = os.path.join(workdir, 'crf.json')
-  load_before = os.getloadavg()
+  load_before = common.load_average()
   train_command = eval_command = None
-  base = ['python', 'main.py', f'--config={path}', f'--workdir={workdir}', *flags]
+  base = [f'--config={path}', f'--workdir={workdir}', *flags]
   if not os.path.exists(summary_path):
-    _, train_command = _run(base, stdout=subprocess.DEVNULL)
+    _, train_command = common.run_main_py(base, stdout=subprocess.DEVNULL)
   with open(summary_path) as f:
     result = json.load(f)
   crf_result = None
   if crf and not os.path.exists(crf_path):
-    done, eval_command = _run(
+    done, eval_command = common.run_main_py(
       [*base, '--mode=eval', '--config.segmentation.crf=True'], stdout=subprocess.PIPE, text=True
     )
     crf_result = json.loads(done.stdout[done.stdout.index('{') :])
@@ -78,7 +65,7 @@ def run_row(label: str, path: str, flags: list[str], fresh: bool, crf: bool) -> 
   elif os.path.exists(crf_path):
     with open(crf_path) as f:
       crf_result = json.load(f)
-  config = config_of(path, flags)
+  config = common.config_of(path, flags)
   s = summary.summarize(train.create_model(config, NUM_CLASSES), train.input_shape(config))
   return {
     'label': label,
@@ -96,8 +83,8 @@ def run_row(label: str, path: str, flags: list[str], fresh: bool, crf: bool) -> 
     'crf_eval_seconds': crf_result and crf_result.get('command_seconds'),
     'train_wall_seconds': result['wall_seconds'],
     'train_command_seconds': train_command,
-    'load_average_before': [round(v, 2) for v in load_before],
-    'load_average_after': [round(v, 2) for v in os.getloadavg()],
+    'load_average_before': load_before,
+    'load_average_after': common.load_average(),
   }
 
 
@@ -134,7 +121,7 @@ def main() -> None:
   unknown = sorted(set(args.only or ()) - set(labels))
   if unknown:
     parser.error(f'unknown rows {unknown}; choose from {labels}')
-  out = os.path.join(ROOT, 'experiments', 'results', 'segmentation_table.json')
+  out = os.path.join(common.RESULTS, 'segmentation_table.json')
   done = {}
   if os.path.exists(out):
     with open(out) as f:
@@ -144,7 +131,7 @@ def main() -> None:
       continue
     done[label] = run_row(label, path, flags, args.fresh, args.crf)
     rows = [done[lb] for lb in labels if lb in done]
-    write_results(out, {'rows': rows}, markdown(rows))
+    common.write_results(out, {'rows': rows}, markdown(rows))
 
 
 if __name__ == '__main__':

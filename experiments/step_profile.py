@@ -1,7 +1,7 @@
 """Where a train step's time goes: forward, data gradients, weight gradients; ours and PyTorch's.
 
-  python experiments/step_profile.py                        # ResNet-18 (CIFAR stem), batch 32
-  python experiments/step_profile.py --model resnet50 --image_size 128
+  python -m experiments.step_profile                        # ResNet-18 (CIFAR stem), batch 32
+  python -m experiments.step_profile --model resnet50 --image_size 128
 
 Two views, each timed in one process with JAX and PyTorch calls interleaved round by round
 (medians; PyTorch eager, channels_last, `pip install -r requirements-bench.txt`):
@@ -15,31 +15,28 @@ Two views, each timed in one process with JAX and PyTorch calls interleaved roun
   `Conv2d`.
 
 Writes experiments/results/step_profile_<model>.md and .json. Explains the gap that
-experiments/benchmark.py reports for the train step (issue 8).
+`python -m experiments.benchmark` reports for the train step (issue 8).
 """
 
+# First: the benchmark's models and torch twins, and its preload (triton before TensorFlow).
+from experiments import benchmark
+
+# isort: split
 import argparse
 import json
 import os
 import platform
 import statistics
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-import benchmark  # noqa: E402  (experiments/benchmark.py: the same models and torch twins)
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from cnn_jax import train  # noqa: E402
+from cnn_jax import train
 from cnn_jax.nn import layers
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
+from experiments import common
 
 
 def _median_ms(fns: dict, rounds: int) -> dict[str, float]:
@@ -180,10 +177,10 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument('--image_size', type=int, default=0, help='0: the benchmark CPU size')
   parser.add_argument('--rounds', type=int, default=10)
   parser.add_argument('--no_torch', action='store_true')
-  parser.add_argument('--out_dir', default=RESULTS)
+  parser.add_argument('--out_dir', default=common.RESULTS)
   args = parser.parse_args(argv)
 
-  torch, _, why = benchmark._import_torch(args.no_torch, threads=os.cpu_count() or 1)
+  torch, _, why = benchmark.import_torch(args.no_torch, threads=os.cpu_count() or 1)
   bench = benchmark.bench_spec(args.model)
   size = args.image_size or bench.cpu_size
   config = benchmark.make_config(bench, args.batch, size, False, 'digits')
@@ -225,12 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
     whole=whole,
     convs=convs,
   )
-  os.makedirs(args.out_dir, exist_ok=True)
   stem = os.path.join(args.out_dir, f'step_profile_{args.model}')
-  with open(stem + '.json', 'w') as f:
-    json.dump(result, f, indent=1)
-  with open(stem + '.md', 'w') as f:
-    f.write(markdown(result))
+  common.write_json(stem + '.json', result)
+  common.write_text(stem + '.md', markdown(result))
   print(markdown(result))
   return result
 
@@ -238,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
 def markdown(r: dict) -> str:
   w = r['whole']
   lines = [
-    f'`python experiments/step_profile.py --model {r["model"]}` (batch {r["batch"]}, '
+    f'`python -m experiments.step_profile --model {r["model"]}` (batch {r["batch"]}, '
     f'{r["image_size"]} px, fp32; {r["machine"]}; medians of interleaved rounds, ms)',
     '',
     '| pass | ours ms | torch ms | ours / torch time |',

@@ -3,8 +3,8 @@
   # torch and torchvision are no project requirement: a separate venv with them and requirements.txt
   python -m venv /tmp/tvenv
   /tmp/tvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 -r requirements.txt
-  /tmp/tvenv/bin/python experiments/torchvision_parity.py             # all: 3.5 min on 2 cores
-  /tmp/tvenv/bin/python experiments/torchvision_parity.py resnet50    # just some
+  /tmp/tvenv/bin/python -m experiments.torchvision_parity             # all: 3.5 min on 2 cores
+  /tmp/tvenv/bin/python -m experiments.torchvision_parity resnet50    # just some
 
 Prints a table and writes experiments/results/torchvision_parity.md. For each model: torchvision's
 model with random init (seeded, weights=None), every BatchNorm's running mean / var and affine
@@ -27,15 +27,14 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import flax.linen as nn
+import jax
+import numpy as np
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from cnn_jax import models  # noqa: E402
-from cnn_jax.nn.layers import DepthwiseConv  # noqa: E402
-from cnn_jax.weights import torchvision as tvw  # noqa: E402
+from cnn_jax import models
+from cnn_jax.nn.layers import DepthwiseConv
+from cnn_jax.weights import torchvision as tvw
+from experiments import common
 
 try:
   import torch
@@ -192,13 +191,7 @@ def layer_rows() -> list[tuple]:
 
 
 def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return f'{cpu}, {os.cpu_count()} cores visible, {jax.default_backend()}'
+  return f'{common.cpu_name()}, {os.cpu_count()} cores visible, {jax.default_backend()}'
 
 
 def main(names: list[str]) -> str:
@@ -231,19 +224,16 @@ def main(names: list[str]) -> str:
   )
   report = (
     '# torchvision parity\n\n'
-    'Written by `experiments/torchvision_parity.py` (its docstring says how to run it and what\n'
-    'is compared): logits of our models with torchvision weights imported by\n'
+    'Written by `python -m experiments.torchvision_parity` (its docstring says how to run it and\n'
+    'what is compared): logits of our models with torchvision weights imported by\n'
     '`cnn_jax.weights.torchvision` against torchvision, eval mode unless the case says train,\n'
     f'batch {BATCH} at {SIZE}x{SIZE}, random weights and BatchNorm statistics. Seconds include\n'
     'torch, conversion and compiling; grouped rows (googlenet train, layers) share a start.\n\n'
     f'- machine: {machine()}\n- versions: {versions}\n'
     f'- torch threads: {torch.get_num_threads()}; total time {total:.0f} s\n\n{table}\n'
   )
-  out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'torchvision_parity.md')
   if names == list(MODELS):
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, 'w') as f:
-      f.write(report)
+    common.write_text(os.path.join(common.RESULTS, 'torchvision_parity.md'), report)
   return report
 
 

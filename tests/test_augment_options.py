@@ -1,4 +1,4 @@
-"""config.augment: crop, flip and colour shift switched one by one (cnn_jax/data/pipeline.py)."""
+"""config.augment: crop, flip and colour shift switched one by one (cnn_jax/data/augment.py)."""
 
 import dataclasses
 import sys
@@ -9,7 +9,8 @@ import pytest
 
 from cnn_jax import data as data_lib
 from cnn_jax.core.errors import UserError
-from cnn_jax.data import pipeline
+from cnn_jax.data import codecs, pipeline
+from cnn_jax.data.augment import AugmentOptions
 from cnn_jax.data.datasets import DATASETS, Subset
 
 BATCH, SIZE, SEED = 32, 32, 0
@@ -65,9 +66,9 @@ def test_unset_options_are_the_datasets_default(digits):
     assert _same(_batch(digits, augment), reference)
   assert _same(_batch(digits, {'crop': True}), reference)
   # The defaults: digits shift without mirroring; cifar10 crops and mirrors.
-  assert pipeline.augment_options(DATASETS['digits']) == pipeline.AugmentOptions(True, False)
-  assert pipeline.augment_options(DATASETS['cifar10']) == pipeline.AugmentOptions(True, True)
-  assert pipeline.augment_options(DATASETS['cifar10'], {'flip': False}).flip is False
+  assert codecs.augment_options(DATASETS['digits']) == AugmentOptions(True, False)
+  assert codecs.augment_options(DATASETS['cifar10']) == AugmentOptions(True, True)
+  assert codecs.augment_options(DATASETS['cifar10'], {'flip': False}).flip is False
 
 
 def test_all_off_is_the_eval_image(digits):
@@ -164,14 +165,14 @@ def test_shapes(digits, augment):
 )
 def test_bad_options_raise_user_error(augment, message):
   with pytest.raises(UserError, match=message):
-    pipeline.augment_options(DATASETS['digits'], augment)
+    codecs.augment_options(DATASETS['digits'], augment)
 
 
 def test_segmentation_datasets_refuse_the_options():
   with pytest.raises(UserError, match=r"config.augment.flip is set, but .*'digit_scenes'"):
-    pipeline.augment_options(DATASETS['digit_scenes'], {'flip': True, 'crop': None})
+    codecs.augment_options(DATASETS['digit_scenes'], {'flip': True, 'crop': None})
   # Unset, the segmentation pipeline is untouched.
-  pipeline.augment_options(DATASETS['digit_scenes'], {'flip': None, 'crop': None})
+  codecs.augment_options(DATASETS['digit_scenes'], {'flip': None, 'crop': None})
 
 
 def test_the_fields_override_from_the_command_line(monkeypatch):
@@ -190,17 +191,17 @@ def test_the_fields_override_from_the_command_line(monkeypatch):
   monkeypatch.setattr(sys, 'argv', argv)  # config_flags reads it
   fv(argv)
   assert fv.config.augment.to_dict() == {'crop': False, 'flip': True, 'color_shift': 0.1}
-  options = pipeline.augment_options(DATASETS['digits'], fv.config.augment)
-  assert options == pipeline.AugmentOptions(crop=False, flip=True, color_shift=0.1)
+  options = codecs.augment_options(DATASETS['digits'], fv.config.augment)
+  assert options == AugmentOptions(crop=False, flip=True, color_shift=0.1)
 
 
 def test_trainer_passes_config_augment(data_dir, tmp_path):
-  """The trainer's batches follow config.augment (cnn_jax/train/: _train_batches)."""
+  """The trainer's batches follow config.augment (cnn_jax/train/: train_batches)."""
   from cnn_jax import train
 
   config = helpers.tiny_config(data_dir, **{'augment.crop': False, 'augment.color_shift': 0.1})
   exp = train.build(config, str(tmp_path / 'run'))
-  trainer = next(train._train_batches(exp, 0))
+  trainer = next(train.train_batches(exp, 0))
   wanted = next(
     data_lib.train_iterator(
       exp.data,
@@ -215,4 +216,4 @@ def test_trainer_passes_config_augment(data_dir, tmp_path):
   )
   assert _same(trainer, wanted)
   default = dataclasses.replace(exp, config=helpers.tiny_config(data_dir))
-  assert not np.array_equal(next(train._train_batches(default, 0))['image'], trainer['image'])
+  assert not np.array_equal(next(train.train_batches(default, 0))['image'], trainer['image'])

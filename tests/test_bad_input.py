@@ -143,7 +143,9 @@ def test_workdir_not_writable(tmp_path, data_dir, monkeypatch):
   locked = tmp_path / 'locked'
   locked.mkdir()
   real_access = os.access
-  monkeypatch.setattr(train.experiment.os, 'access', lambda p, mode: p != str(locked) and real_access(p, mode))
+  monkeypatch.setattr(
+    train.experiment.os, 'access', lambda p, mode: p != str(locked) and real_access(p, mode)
+  )
   with pytest.raises(UserError, match=r'--workdir=\S+/locked/w is not writable .*pick another'):
     cli.run(_tiny(data_dir), str(locked / 'w'), 'train')
   assert os.listdir(locked) == []

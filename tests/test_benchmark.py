@@ -1,4 +1,4 @@
-"""experiments/benchmark.py: its quick JAX-only run writes well-formed rows, and the trainer's
+"""experiments.benchmark: its quick JAX-only run writes well-formed rows, and the trainer's
 step and the bare jitted step it compares against compute the same losses.
 
 40-50 s on 2 cores shared with another job (nice 19); the cold-compile test (a child process,
@@ -7,8 +7,8 @@ marked slow) 25-30 s more."""
 import json
 import math
 
+import helpers
 import jax
-import numpy as np
 import pytest
 
 from cnn_jax import models
@@ -23,14 +23,6 @@ def _positive(measurement: dict, steps: int) -> None:
   for key in ('median_ms', 'min_ms', 'images_per_s'):
     assert math.isfinite(measurement[key]) and measurement[key] > 0, (key, measurement)
   assert measurement['min_ms'] <= measurement['median_ms']
-
-
-def _param_count(name: str, size: int) -> int:
-  model = models.create(name)
-  shapes = jax.eval_shape(
-    model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, 3), 'float32')
-  )
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
 
 
 def test_quick_run_writes_rows(tmp_path, data_dir):
@@ -72,7 +64,7 @@ def test_quick_run_writes_rows(tmp_path, data_dir):
   for key in ('torch_train', 'torch_infer', 'torch_compile_train', 'torch_compile_infer'):
     assert model[key] == 'n/a: --no_torch'
   assert model['train_vs_torch'] is None and model['params_torch'] is None
-  assert model['params_jax'] == _param_count('resnet_tiny', 16)
+  assert model['params_jax'] == helpers.param_count(models.create('resnet_tiny'), (1, 16, 16, 3))
   assert model['pipeline']['dataset'] == 'digits' and model['pipeline']['images_per_s'] > 0
   assert model['pipeline_vs_step'] == pytest.approx(
     model['pipeline']['images_per_s'] / model['ours']['images_per_s']
@@ -132,7 +124,7 @@ def test_a_pipeline_that_cannot_run_leaves_the_step_columns(tmp_path, monkeypatc
   def no_tensorflow(*args):
     raise ModuleNotFoundError("No module named 'tensorflow'")
 
-  monkeypatch.setattr(benchmark, 'bench_pipeline', no_tensorflow)
+  monkeypatch.setattr(benchmark.pipeline, 'bench_pipeline', no_tensorflow)
   argv = ['--quick', '--no_torch', '--models=resnet_tiny', '--image_size=16', '--layers=none']
   (row,) = benchmark.main([*argv, f'--out_dir={tmp_path}'])['rows']
   assert 'status' not in row and row['pipeline_vs_step'] is None
@@ -157,10 +149,10 @@ def test_cold_compile_in_a_fresh_process():
 
 def test_interleaved_rounds_rotate():
   """Each round starts one fn later, so no fn always runs right after the same one."""
-  from experiments.depthwise_benchmark import _interleaved
+  from experiments.timing import interleaved
 
   calls = []
   fns = {name: (lambda name=name: calls.append(name)) for name in 'abc'}
-  times = _interleaved(fns, 3)
+  times = interleaved(fns, 3)
   assert calls == [*'abc', *'abc', *'bca', *'cab']
   assert {name: len(t) for name, t in times.items()} == {'a': 3, 'b': 3, 'c': 3}

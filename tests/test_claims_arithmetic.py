@@ -1,4 +1,4 @@
-"""The notes' arithmetic claims (experiments/claims_arithmetic.py), asserted from real layers.
+"""The notes' arithmetic claims (experiments.claims_arithmetic), asserted from real layers.
 
 Exact numbers from the notes (../shared/seeds/003, 004): 73,728; 280; the LeNet-5 table; 120,422,400
 and 12,443,648 multiply-adds; 1/n_c' + 1/f^2; 5x5 and 7x7 windows of stacked 3x3 convs; FC layers
@@ -129,7 +129,7 @@ def test_max_pool_gradient_reaches_one_input_until_run_as_average():
   assert argmax.size == (1, 1)  # ties go to the first tap: the window's corner
 
   def as_average(x):
-    with nn.intercept_methods(ca._max_as_average):
+    with nn.intercept_methods(ca.max_as_average):
       return pool.apply(variables, x)
 
   window = ca.gradient_support(as_average, x, (2, 2))
@@ -174,7 +174,7 @@ def test_resnet_receptive_fields_by_recurrence():
 
 
 def test_resnet_receptive_fields_by_gradient_support():
-  # Stage 3 (81 pixels) needs a 96x96 input: experiments/claims_arithmetic.py checks it there.
+  # Stage 3 (81 pixels) needs a 96x96 input: experiments.claims_arithmetic checks it there.
   got = ca.empirical_rf(models.create('resnet20'), 48, ('stem', 'stage1', 'stage2'))
   assert {k: v['support'].size for k, v in got.items()} == {
     'stem': (3, 3),

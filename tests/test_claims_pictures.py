@@ -1,7 +1,4 @@
-"""experiments/claims_pictures.py: the notes' edge-filter numbers, checkerboards, feature maps."""
-
-import importlib.util
-import os
+"""experiments.claims_pictures: the notes' edge-filter numbers, checkerboards, feature maps."""
 
 import jax
 import jax.numpy as jnp
@@ -10,20 +7,7 @@ import pytest
 
 from cnn_jax import models
 from cnn_jax.core.errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_script():
-  spec = importlib.util.spec_from_file_location(
-    'claims_pictures', os.path.join(ROOT, 'experiments', 'claims_pictures.py')
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-cp = _load_script()
+from experiments import claims_pictures as cp
 
 
 def _init(model, size):

@@ -1,17 +1,12 @@
-"""experiments/claims_training.py on its smallest paths: k-NN, and two augmentation arms for 2
+"""experiments.claims_training on its smallest paths: k-NN, and two augmentation arms for 2
 steps of one seed, through the real trainer, into tmp_path."""
 
 import json
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'experiments'))
-
-import claims_training  # noqa: E402
-
-from cnn_jax.core.errors import UserError  # noqa: E402
+from cnn_jax.core.errors import UserError
+from experiments import claims_training
 
 
 def _args(tmp_path, data_dir, *extra):

@@ -1,10 +1,9 @@
-"""experiments/claims_transfer.py on its smallest path: resnet_tiny at 16x16, 2 steps a run,
+"""experiments.claims_transfer on its smallest path: resnet_tiny at 16x16, 2 steps a run,
 one seed, n = 3; the arms are wired as they say, and a second invocation trains nothing."""
 
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -12,9 +11,7 @@ from flax import traverse_util
 
 from cnn_jax.core.checkpoint import Checkpointer
 from cnn_jax.core.errors import UserError
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'experiments'))
-import claims_transfer  # noqa: E402
+from experiments import claims_transfer
 
 
 def _params(workdir: str) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from cnn_jax import data
 from cnn_jax.core.errors import UserError
-from cnn_jax.data import digit_scenes, digits, pipeline
+from cnn_jax.data import codecs, digit_scenes, digits, images
 
 IGNORE = 255
 
@@ -95,11 +95,12 @@ def _blocks(rng: np.random.Generator, size: int, block: int, classes: int) -> np
 
 
 def _augmented(spec, image, labels, seed, size=48, train=True):
-  out_image, out_labels = pipeline.preprocess_segmentation(
+  out_image, out_labels = images.preprocess(
     _png(image),
     _png(labels[..., None]),
     tf.constant(1.0),
     tf.constant([0, seed], tf.int64),
+    codec=codecs.SEGMENTATION,
     spec=spec,
     stored_channels=image.shape[-1],
     image_size=size,

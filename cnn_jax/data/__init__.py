@@ -1,5 +1,7 @@
 """Datasets and input pipelines."""
 
+from cnn_jax.data.codecs import CODECS, Codec, augment_options
+from cnn_jax.data.corrupt import drop_corrupt_images
 from cnn_jax.data.datasets import (
   DATASETS,
   Dataset,
@@ -10,9 +12,8 @@ from cnn_jax.data.datasets import (
   load,
 )
 from cnn_jax.data.pipeline import (
-  augment_options,
-  drop_corrupt_images,
   eval_iterator,
+  eval_preprocess_fn,
   eval_steps,
   pool_iterator,
   self_training_iterator,
@@ -20,7 +21,9 @@ from cnn_jax.data.pipeline import (
 )
 
 __all__ = [
+  'CODECS',
   'DATASETS',
+  'Codec',
   'Dataset',
   'Source',
   'Subset',
@@ -28,6 +31,7 @@ __all__ = [
   'class_subset',
   'drop_corrupt_images',
   'eval_iterator',
+  'eval_preprocess_fn',
   'eval_steps',
   'labeled_split',
   'load',

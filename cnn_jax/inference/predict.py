@@ -11,8 +11,9 @@ workdir's config.json as for resuming: a model-defining difference is an error).
 image files, globs and folders (searched recursively for .png, .jpg, .jpeg, .bmp, .gif, .webp).
 
 Each image goes through the eval preprocessing of the run's dataset: the function that
-data.eval_iterator maps over the eval split (`eval_preprocess`: decoded with the dataset's stored
-channels, the eval resize, normalised, tiled or averaged to config.image_channels). A file that
+data.eval_iterator maps over the eval split, without the labels (images.eval_preprocess, i.e.
+data.eval_preprocess_fn: decoded with the dataset's stored channels, the eval resize, normalised,
+tiled or averaged to config.image_channels). A file that
 holds an eval example's encoded bytes therefore gets exactly the input, and the logits, that eval
 computes for it. All images are preprocessed before the checkpoint is read (an unreadable one is
 an error before anything compiles) and held in memory: N x S x S x C float32, 0.6 MB an image at
@@ -30,10 +31,8 @@ detections.png; embedding runs are refused (`task_kind`).
 """
 
 import dataclasses
-import glob
 import json
 import os
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,121 +44,11 @@ import numpy as np
 from cnn_jax import tasks, train
 from cnn_jax.core.checkpoint import Checkpointer
 from cnn_jax.core.errors import UserError
-from cnn_jax.core.quiet_tf import tf
-from cnn_jax.data import pipeline
+from cnn_jax.inference.images import IMAGE_EXTENSIONS, eval_preprocess, find_images, load_images
 
 PyTree = Any
-# What tf.io.decode_image reads.
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')
 _OVERLAY_MIN_SIDE = 256  # small masks (64 px scenes) are upscaled to be looked at
 _OVERLAY_ALPHA = 0.5
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs
-
-
-def find_images(inputs: Sequence[str]) -> list[str]:
-  """The image files that `inputs` (files, globs, folders) name, in the order given; a folder's
-  images (IMAGE_EXTENSIONS, any depth) and a glob's matches sorted, duplicates dropped.
-
-  Raises UserError for an empty list, a path that does not exist, a glob that matches nothing
-  and a folder that holds no image file.
-  """
-  if not inputs:
-    raise UserError(
-      '--mode=predict needs --inputs: image files, globs or folders, e.g. --inputs=a.png,photos/'
-    )
-  found: list[str] = []
-  for item in inputs:
-    path = os.path.expanduser(item)
-    if glob.has_magic(path):
-      matches = sorted(glob.glob(path, recursive=True))
-      files = [m for m in matches if os.path.isfile(m)]
-      files += [f for m in matches if os.path.isdir(m) for f in _folder_images(m)]
-      if not files:
-        raise UserError(f'--inputs: {item!r} matches no file; check the pattern')
-    elif os.path.isdir(path):
-      files = _folder_images(path)
-      if not files:
-        raise UserError(
-          f'--inputs: the folder {item} holds no image ({", ".join(IMAGE_EXTENSIONS)}); '
-          'point at a folder of images or list the files'
-        )
-    elif os.path.isfile(path):
-      files = [path]
-    else:
-      raise UserError(f'--inputs: {item} does not exist; give image files, globs or folders')
-    found += files
-  return list(dict.fromkeys(found))  # each file once, first position kept
-
-
-def _folder_images(folder: str) -> list[str]:
-  files = []
-  for root, dirs, names in os.walk(folder):
-    dirs.sort()
-    files += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
-  return files
-
-
-def eval_preprocess(
-  data: Any, config: ml_collections.ConfigDict
-) -> Callable[[tf.Tensor], tf.Tensor]:
-  """encoded image bytes -> the normalised (S, S, C) float32 image that eval feeds the model.
-
-  The pipeline's own eval function for `data` (what eval_iterator maps), called with the
-  arguments eval gives it; a segmentation dataset's also reads a label map, which here is a
-  1x1 placeholder whose result is dropped.
-  """
-  fn = pipeline._preprocess_fn(
-    data, image_size=config.image_size, channels=config.image_channels, train=False
-  )
-  seed = tf.constant([0, 0], tf.int64)  # eval draws nothing; its seed is (0, position)
-  if data.spec.segmentation:
-    no_labels = tf.io.encode_png(tf.zeros((1, 1, 1), tf.uint8))
-    return lambda encoded: fn(encoded, no_labels, tf.constant(1.0), seed)[0]
-  if data.spec.detection:  # the object rows pass through untouched: an empty placeholder
-    no_objects = tf.zeros((data.spec.max_boxes, 5), tf.float32)
-    return lambda encoded: fn(encoded, no_objects, seed)[0]
-  if data.spec.task != 'classification':
-    raise UserError(
-      f"predicting from '{data.spec.task}' datasets is not supported yet ('{data.name}'); "
-      'only classification and segmentation runs'
-    )
-  return lambda encoded: fn(encoded, tf.constant(0, tf.int64), seed)[0]
-
-
-def load_images(paths: Sequence[str], preprocess: Callable[[tf.Tensor], tf.Tensor]) -> np.ndarray:
-  """(N, S, S, C) float32: each file read and preprocessed; an unreadable file is a UserError
-  naming it.
-
-  Mapped with tf.data, as eval_iterator maps it: a tf.function of the same ops can round
-  differently (Grappler rewrites the graph: 1 ulp on 1 value in 6 of 64 digits eval images).
-  """
-  encoded = []
-  for path in paths:
-    try:
-      with open(path, 'rb') as f:
-        encoded.append(f.read())
-    except OSError as e:
-      raise UserError(
-        f'cannot read {path} ({e.strerror}); check the file and its permissions'
-      ) from None
-  ds = tf.data.Dataset.from_tensor_slices(tf.constant(encoded, tf.string))
-  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(256)
-  try:
-    return np.concatenate(list(ds.as_numpy_iterator()))
-  except tf.errors.OpError:
-    for path, data in zip(paths, encoded, strict=True):  # which one: each decoded on its own
-      try:
-        preprocess(tf.constant(data))
-      except tf.errors.OpError as e:
-        reason = re.sub(r'\{\{.*?\}\}\s*', '', e.message)  # TF's '{{function_node ...}}' noise
-        reason = (reason.strip().splitlines() or [type(e).__name__])[0][:120]
-        raise UserError(
-          f'{path} is not a readable image ({reason}); give PNG, JPEG, BMP, GIF or WebP files'
-        ) from None
-    raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,12 +293,8 @@ def task_kind(task: tasks.Task, mode: str = 'predict') -> str:
   """'classification', 'segmentation' or 'detection': the kinds of run that predict serves (a
   key of PREDICTORS). Embedding (metric-learning) runs are a UserError: an embedding means
   something only against references (their one-shot evaluation is --mode=eval)."""
-  if isinstance(task, tasks.Segmentation):
-    return 'segmentation'
-  if isinstance(task, tasks.Detection):
-    return 'detection'
-  if isinstance(task, tasks.Classification):  # distilled and self-trained students too
-    return 'classification'
+  if task.model_kind in ('classification', 'segmentation', 'detection'):
+    return task.model_kind  # what the model returns: distilled and self-trained students too
   raise UserError(
     f'--mode={mode} handles classification, segmentation and detection runs, not a '
     f'{type(task).__name__} run yet; evaluate it with --mode=eval'
