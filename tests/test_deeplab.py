@@ -1,10 +1,10 @@
 """DeepLab v3 / v3+: torchvision parameter counts, shapes, the input-size rule, the aux head,
 and the head-less ResNet backbone it is built on."""
 
-import functools
 from functools import partial
 
 import flax.linen as nn
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,22 +23,6 @@ from cnn_jax.models.deeplab import (
 from cnn_jax.models.resnet import resnet
 
 
-def _key(seed: int = 0) -> jax.Array:
-  # 'rbg': threefry's random init compiles ~10x slower on XLA:CPU.
-  return jax.random.key(seed, impl='rbg')
-
-
-@functools.cache
-def _shapes(model: nn.Module, input_shape: tuple[int, ...] = (1, 64, 64, 3)) -> dict:
-  """Variables of an eval-mode `model.init` (as the trainer does), as ShapeDtypeStructs."""
-  x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
-
-
-def _count(tree) -> int:
-  return sum(p.size for p in jax.tree.leaves(tree))
-
-
 def _apply_shapes(model: nn.Module, input_shape: tuple[int, ...], train: bool = False):
   """(logits, mutated collections) of one apply, as shapes (no compute)."""
   x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
@@ -50,7 +34,7 @@ def _apply_shapes(model: nn.Module, input_shape: tuple[int, ...], train: bool = 
       mutable=['batch_stats', 'aux_logits'],
       rngs={'dropout': jax.random.key(0)},
     ),
-    _shapes(model, (1, *input_shape[1:])),
+    helpers.shapes(model, (1, *input_shape[1:])),
     x,
   )
 
@@ -60,14 +44,16 @@ def _apply_shapes(model: nn.Module, input_shape: tuple[int, ...], train: bool = 
 
 def test_headless_resnet_has_no_head_and_returns_the_last_feature_map():
   model = resnet(50, num_classes=0)
-  params = _shapes(model)['params']
+  params = helpers.shapes(model, (1, 64, 64, 3))['params']
   assert 'head' not in params and 'stage4_block3' in params
   # torchvision's resnet50 less its fc layer (2048 * 1000 + 1000).
-  assert _count(params) == 25_557_032 - 2_049_000
+  assert helpers.count(params) == 25_557_032 - 2_049_000
   x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
-  out = jax.eval_shape(model.apply, _shapes(model), x)
+  out = jax.eval_shape(model.apply, helpers.shapes(model, (1, 64, 64, 3)), x)
   assert out.shape == (2, 2, 2, 2048)
-  feats = jax.eval_shape(partial(model.apply, features=True), _shapes(model), x)
+  feats = jax.eval_shape(
+    partial(model.apply, features=True), helpers.shapes(model, (1, 64, 64, 3)), x
+  )
   assert {k: v.shape for k, v in feats.items()} == {
     'stem': (2, 16, 16, 64),
     'stage1': (2, 16, 16, 256),
@@ -76,10 +62,10 @@ def test_headless_resnet_has_no_head_and_returns_the_last_feature_map():
     'stage4': (2, 2, 2, 2048),
   }
   # Parameter names are the classifier's, so ImageNet weights load into the backbone.
-  full = _shapes(resnet(50))['params']
+  full = helpers.shapes(resnet(50), (1, 64, 64, 3))['params']
   assert set(full) - set(params) == {'head'}
   with pytest.raises(UserError, match='num_classes=-1'):
-    _shapes(resnet(18, num_classes=-1))
+    helpers.shapes(resnet(18, num_classes=-1), (1, 64, 64, 3))
 
 
 @pytest.mark.parametrize('output_stride, stage3, stage4', [(16, 16, 16), (8, 8, 8), (32, 16, 32)])
@@ -100,24 +86,26 @@ def test_dilated_backbone_feature_strides(output_stride, stage3, stage4):
 # Parameter counts: torchvision.models.segmentation.deeplabv3_resnetN(num_classes=21,
 # aux_loss=True / False), sum(p.numel() for p in m.parameters()).
 def test_deeplabv3_params_equal_torchvision():
-  r50 = _shapes(deeplabv3('resnet50'))['params']
-  assert _count(r50) == 42_004_074
+  r50 = helpers.shapes(deeplabv3('resnet50'), (1, 64, 64, 3))['params']
+  assert helpers.count(r50) == 42_004_074
   assert set(r50) == {'backbone', 'aspp', 'head', 'classifier', 'aux_head'}
-  assert _count(r50['aux_head']) == 1024 * 256 * 9 + 2 * 256 + 256 * 21 + 21
-  assert _count(_shapes(deeplabv3('resnet50', aux_loss=False))['params']) == 39_638_869
-  assert _count(_shapes(deeplabv3('resnet101'))['params']) == 60_996_202
+  assert helpers.count(r50['aux_head']) == 1024 * 256 * 9 + 2 * 256 + 256 * 21 + 21
+  assert helpers.param_count(deeplabv3('resnet50', aux_loss=False), (1, 64, 64, 3)) == 39_638_869
+  assert helpers.param_count(deeplabv3('resnet101'), (1, 64, 64, 3)) == 60_996_202
 
 
 def test_deeplabv3plus_params():
-  params = _shapes(deeplabv3plus('resnet50'))['params']
+  params = helpers.shapes(deeplabv3plus('resnet50'), (1, 64, 64, 3))['params']
   assert set(params) == {'backbone', 'aspp', 'decoder', 'classifier'}
   # The decoder: 1x1 256 -> 48 + BN; two separable convs (304 and 256 in, 256 out) + BNs.
   low = 256 * 48 + 2 * 48
   fuse1 = 9 * 304 + 2 * 304 + 304 * 256 + 2 * 256
   fuse2 = 9 * 256 + 2 * 256 + 256 * 256 + 2 * 256
-  assert _count(params['decoder']) == low + fuse1 + fuse2
+  assert helpers.count(params['decoder']) == low + fuse1 + fuse2
   # v3 without aux, less its 3x3 head conv + BN, plus the decoder.
-  assert _count(params) == 39_638_869 - (9 * 256 * 256 + 512) + low + fuse1 + fuse2 == 39_211_461
+  assert (
+    helpers.count(params) == 39_638_869 - (9 * 256 * 256 + 512) + low + fuse1 + fuse2 == 39_211_461
+  )
 
 
 @pytest.mark.parametrize(
@@ -140,7 +128,7 @@ def test_logits_have_the_input_size(model, shape):
 def test_aspp_rates_follow_the_output_stride():
   assert aspp_rates_for(16) == (6, 12, 18) and aspp_rates_for(8) == (12, 24, 36)
   assert deeplabv3('resnet50').resolved_aspp_rates() == (12, 24, 36)  # torchvision's
-  kernels = _shapes(deeplab_tiny(aspp_rates=(1, 2)))['params']['aspp']
+  kernels = helpers.shapes(deeplab_tiny(aspp_rates=(1, 2)), (1, 64, 64, 3))['params']['aspp']
   assert {k for k in kernels} == {'conv1x1', 'atrous1', 'atrous2', 'image_pool', 'project'}
   # 4 branches of 16 channels concatenated into the 1x1 projection.
   assert kernels['project']['conv']['kernel'].shape == (1, 1, 4 * 16, 16)
@@ -153,10 +141,10 @@ def test_bad_input_size_raises_one_line_before_compiling():
   )
   model = deeplabv3('resnet50', output_stride=16)
   with pytest.raises(UserError) as e:
-    _shapes(model, (1, 250, 250, 3))
+    helpers.shapes(model, (1, 250, 250, 3))
   assert str(e.value) == msg
   with pytest.raises(UserError, match=r'v3\+ \(output stride 8\) cannot take 36x44 .* 32, 40'):
-    _shapes(deeplabv3plus_tiny(output_stride=8), (1, 36, 44, 3))
+    helpers.shapes(deeplabv3plus_tiny(output_stride=8), (1, 36, 44, 3))
   with pytest.raises(UserError, match=r'nearest valid sizes: 240, 256 \(height\)$'):
     deeplab_tiny().check_input_size(250, 96)
   with pytest.raises(UserError, match='nearest valid sizes: 16$'):
@@ -171,14 +159,14 @@ def test_bad_fields_raise_user_error():
   with pytest.raises(UserError, match="version='v4'"):
     deeplab_tiny(version='v4').check_input_size(32, 32)
   with pytest.raises(UserError, match="no feature 'stage9'"):
-    _shapes(deeplab_tiny(aux_feature='stage9'), (1, 32, 32, 3))
+    helpers.shapes(deeplab_tiny(aux_feature='stage9'), (1, 32, 32, 3))
 
 
 def test_aux_logits_only_in_training():
   model = deeplab_tiny(dtype=jnp.bfloat16)
   logits, updates = _apply_shapes(model, (2, 32, 32, 3), train=False)
   assert logits.shape == (2, 32, 32, 10) and 'aux_logits' not in updates
-  assert 'aux_head' in _shapes(model, (1, 32, 32, 3))['params']  # an eval-mode init has them
+  assert 'aux_head' in helpers.shapes(model, (1, 32, 32, 3))['params']  # an eval-mode init has them
   logits, updates = _apply_shapes(model, (2, 32, 32, 3), train=True)
   aux = updates['aux_logits']
   assert [(a.shape, a.dtype) for a in jax.tree.leaves(aux)] == [((2, 32, 32, 10), jnp.float32)]
@@ -190,9 +178,9 @@ def test_aux_logits_only_in_training():
 def test_backbone_is_the_registry_model():
   model = deeplab_tiny(backbone_kwargs=dict(TINY_BACKBONE))  # a plain dict is frozen (hashable)
   hash(model)
-  params = _shapes(model, (1, 32, 32, 3))['params']['backbone']
+  params = helpers.shapes(model, (1, 32, 32, 3))['params']['backbone']
   classifier = models.create('resnet_tiny', **TINY_BACKBONE)
-  want = jax.tree.map(lambda a: a.shape, _shapes(classifier, (1, 32, 32, 3))['params'])
+  want = jax.tree.map(lambda a: a.shape, helpers.shapes(classifier, (1, 32, 32, 3))['params'])
   del want['head']
   assert jax.tree.map(lambda a: a.shape, params) == want
 
@@ -213,7 +201,7 @@ def _numpy_variables(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
     std = np.sqrt(2 / np.prod(leaf.shape[:-1]))
     return rng.normal(scale=std, size=leaf.shape).astype(np.float32)
 
-  return jax.tree_util.tree_map_with_path(fill, _shapes(model, input_shape))
+  return jax.tree_util.tree_map_with_path(fill, helpers.shapes(model, input_shape))
 
 
 def _pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -239,7 +227,7 @@ def test_tiny_train_step_with_aux_loss():
       x,
       train=True,
       mutable=['batch_stats', 'aux_logits'],
-      rngs={'dropout': _key(1)},
+      rngs={'dropout': helpers.key(1)},
     )
     loss = _pixel_cross_entropy(logits, labels)
     for a in jax.tree.leaves(updates['aux_logits']):  # what the trainer does

@@ -2,6 +2,7 @@
 
 import math
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,10 +11,6 @@ from jax.test_util import check_grads
 
 from cnn_jax.core.errors import UserError
 from cnn_jax.nn.deformable import DeformableConv, deform_conv2d
-
-
-def _key(seed: int = 0) -> jax.Array:
-  return jax.random.key(seed, impl='rbg')  # threefry init compiles ~10x slower on XLA:CPU
 
 
 def _conv(x, kernel, strides, padding, dilation):
@@ -36,7 +33,7 @@ def test_fresh_layer_is_a_regular_conv(strides, dilation):
     layer = DeformableConv(
       5, strides=strides, padding=dilation, dilation=dilation, modulation=modulation
     )
-    variables = jax.jit(layer.init)(_key(), x)
+    variables = jax.jit(layer.init)(helpers.key(), x)
     assert not any(jnp.any(p) for p in jax.tree.leaves(variables['params']['offset']))
     y = jax.jit(layer.apply)(variables, x)
     expected = scale * _conv(x, variables['params']['kernel'], strides, dilation, dilation)
@@ -108,7 +105,7 @@ def test_module_splits_offset_conv_output_as_documented():
   # first 2*G*9 channels as offsets and the sigmoid of the last G*9 as modulation.
   x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 6, 6, 4)), jnp.float32)
   layer = DeformableConv(3, offset_groups=2, use_bias=True)
-  params = jax.jit(layer.init)(_key(), x)['params']
+  params = jax.jit(layer.init)(helpers.key(), x)['params']
   assert params['kernel'].shape == (3, 3, 4, 3) and params['bias'].shape == (3,)
   assert params['offset']['kernel'].shape == (3, 3, 4, 3 * 2 * 9)
   rng = np.random.default_rng(3)
@@ -149,7 +146,7 @@ def test_gradients_match_finite_differences():
 def test_bfloat16_compute_keeps_float32_params():
   x = jnp.ones((1, 8, 8, 4))
   layer = DeformableConv(6, dtype=jnp.bfloat16)
-  variables = jax.eval_shape(layer.init, _key(), x)
+  variables = jax.eval_shape(layer.init, helpers.key(), x)
   assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
   assert jax.eval_shape(layer.apply, variables, x).dtype == jnp.bfloat16
 
@@ -157,7 +154,7 @@ def test_bfloat16_compute_keeps_float32_params():
 def test_bad_shapes_raise_user_error():
   x = jnp.ones((1, 6, 6, 4))
   with pytest.raises(UserError, match='offset_groups=3 must divide the 4 input channels'):
-    jax.eval_shape(DeformableConv(2, offset_groups=3).init, _key(), x)
+    jax.eval_shape(DeformableConv(2, offset_groups=3).init, helpers.key(), x)
   with pytest.raises(UserError, match=r'offset shape \(1, 5, 5, 18\); expected \(1, 6, 6, ...\)'):
     deform_conv2d(x, jnp.zeros((1, 5, 5, 18)), jnp.zeros((3, 3, 4, 2)))
   with pytest.raises(UserError, match='kernel expects 3 input channels, input has 4'):

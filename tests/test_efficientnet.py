@@ -3,6 +3,7 @@
 from functools import cache, partial
 
 import flax.linen as nn
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,21 +22,10 @@ from cnn_jax.models.efficientnet import (
 )
 
 
-def _key(seed: int = 0) -> jax.Array:
-  # 'rbg': threefry's random init compiles ~10x slower on XLA:CPU.
-  return jax.random.key(seed, impl='rbg')
-
-
 def _compile(fn, *args):
   """`fn` compiled for `args` at LLVM -O0: these tests check values, not speed, and -O0 compiles
   the tiny net's train step ~35% faster on XLA:CPU (5.5 s instead of 8.7 s of CPU)."""
   return jax.jit(fn).lower(*args).compile({'xla_backend_optimization_level': 0})
-
-
-def _shapes(model: nn.Module, input_shape: tuple[int, ...] = (1, 32, 32, 3)) -> dict:
-  """Variables of `model` as ShapeDtypeStructs (no compute)."""
-  x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-  return jax.eval_shape(lambda x: model.init(_key(), x), x)
 
 
 def _numpy_variables(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
@@ -53,13 +43,13 @@ def _numpy_variables(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
       return (rng.normal(size=leaf.shape) * np.sqrt(2 / fan_in)).astype(np.float32)
     return np.full(leaf.shape, 1.0 if name in ('scale', 'var') else 0.0, np.float32)
 
-  return jax.tree_util.tree_map_with_path(fill, _shapes(model, input_shape))
+  return jax.tree_util.tree_map_with_path(fill, helpers.shapes(model, input_shape))
 
 
 @cache
 def _variant_shapes(variant: str) -> dict:
   # Global pooling makes the count independent of the input size; tracing B7 takes ~1.5 s.
-  return _shapes(efficientnet_variant(variant))
+  return helpers.shapes(efficientnet_variant(variant))
 
 
 def _variant_params(variant: str) -> dict:
@@ -132,9 +122,9 @@ def test_variant_table_and_constructors():
   with pytest.raises(UserError, match=r"unknown EfficientNet variant 'b8'; expected one of b0, "):
     efficientnet_variant('b8')
   with pytest.raises(UserError, match=r'EfficientNet.width_mult=0; expected > 0'):
-    _shapes(efficientnet(width_mult=0))
+    helpers.shapes(efficientnet(width_mult=0))
   with pytest.raises(UserError, match=r'EfficientNet.dropout=1.0; expected in \[0, 1\)'):
-    _shapes(efficientnet_tiny(dropout=1.0))
+    helpers.shapes(efficientnet_tiny(dropout=1.0))
 
 
 def test_block_layout_and_names():
@@ -170,7 +160,7 @@ def test_stochastic_depth_schedule_and_batchnorm_settings():
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
-    _shapes(efficientnet_tiny())
+    helpers.trace_init(efficientnet_tiny())
   # 6 blocks: 0.2 * i / 6, rising linearly from 0 (torchvision's rule).
   np.testing.assert_allclose(probs, [0.2 * i / 6 for i in range(6)])
   assert norms == {(0.99, 1e-3)}  # the paper's TF decay and epsilon
@@ -188,16 +178,16 @@ def test_block_stochastic_depth_drops_whole_examples_and_rescales():
     stochastic_depth_prob=0.5,
   )
   x = jnp.asarray(np.random.default_rng(0).normal(size=(32, 4, 4, 8)), jnp.float32)
-  variables = jax.jit(block.init)(_key(), x)
+  variables = jax.jit(block.init)(helpers.key(), x)
 
   @jax.jit
   def branches(key):
     train = block.apply(variables, x, train=True, rngs={'dropout': key})
     # Eval mode: the identity, whatever the rng.
-    evals = [block.apply(variables, x, rngs={'dropout': k}) for k in (key, _key(9))]
+    evals = [block.apply(variables, x, rngs={'dropout': k}) for k in (key, helpers.key(9))]
     return train - x, [e - x for e in evals]
 
-  dropped, (full, full_other_key) = branches(_key(1))
+  dropped, (full, full_other_key) = branches(helpers.key(1))
   np.testing.assert_array_equal(full, full_other_key)
   # Per example: the whole branch is dropped (output = x) or kept and scaled by 1 / (1 - 0.5).
   dropped, full = np.asarray(dropped), np.asarray(full)
@@ -205,8 +195,8 @@ def test_block_stochastic_depth_drops_whole_examples_and_rescales():
   assert 0 < kept.sum() < len(kept)
   np.testing.assert_allclose(dropped[kept], 2 * full[kept], rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(dropped[~kept], 0)
-  np.testing.assert_array_equal(branches(_key(1))[0], dropped)  # same rng, same mask
-  assert not np.array_equal(branches(_key(2))[0], dropped)
+  np.testing.assert_array_equal(branches(helpers.key(1))[0], dropped)  # same rng, same mask
+  assert not np.array_equal(branches(helpers.key(2))[0], dropped)
 
 
 def test_train_step_is_finite_and_stochastic():
@@ -231,10 +221,10 @@ def test_train_step_is_finite_and_stochastic():
 
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
-  step = _compile(step, params, _key())
+  step = _compile(step, params, helpers.key())
 
   # Checks in numpy: eager jnp ops would compile a kernel per leaf shape (~15 s in all).
-  (loss, (logits1, new_stats)), grads = jax.device_get(step(params, _key(1)))
+  (loss, (logits1, new_stats)), grads = jax.device_get(step(params, helpers.key(1)))
   assert np.isfinite(loss)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
   # Every parameter gets a signal, except in the block that stochastic depth may drop entirely.
@@ -244,21 +234,21 @@ def test_train_step_is_finite_and_stochastic():
   assert all('mbconv4_block2' in path for path in zero), zero
   changed = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))), new_stats, stats)
   assert all(jax.tree.leaves(changed)), 'some running statistics were not updated'
-  np.testing.assert_array_equal(step(params, _key(1))[0][1][0], logits1)
-  assert not np.allclose(step(params, _key(2))[0][1][0], logits1)
+  np.testing.assert_array_equal(step(params, helpers.key(1))[0][1][0], logits1)
+  assert not np.allclose(step(params, helpers.key(2))[0][1][0], logits1)
   # Eval mode is deterministic: the 'dropout' rng (head dropout 0.2 here) is ignored.
   variables = {'params': params, 'batch_stats': new_stats}
   evaluate = lambda v, key: efficientnet_tiny().apply(v, x, rngs={'dropout': key})
-  evaluate = _compile(evaluate, variables, _key())
-  logits = evaluate(variables, _key(1))
-  np.testing.assert_array_equal(logits, evaluate(variables, _key(2)))
+  evaluate = _compile(evaluate, variables, helpers.key())
+  logits = evaluate(variables, helpers.key(1))
+  np.testing.assert_array_equal(logits, evaluate(variables, helpers.key(2)))
   assert logits.shape == (4, 10) and logits.dtype == jnp.float32
 
 
 def test_feature_strides():
   def shapes(model, size, variables=None):
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    variables = variables or _shapes(model, x.shape)
+    variables = variables or helpers.shapes(model, x.shape)
     out = jax.eval_shape(lambda v, x: model.apply(v, x, features=True), variables, x)
     return {k: v.shape[1:] for k, v in out.items()}
 
@@ -287,7 +277,7 @@ def test_feature_strides():
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   model = efficientnet_tiny(dtype=jnp.bfloat16)
-  variables = _shapes(model)
+  variables = helpers.shapes(model)
   assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
   out = jax.eval_shape(
     lambda v, x: model.apply(v, x, features=True),

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_predict import DEFAULT_OVERRIDES, default_config, tiny_config, trained_run
+from test_predict import DEFAULT_OVERRIDES, default_config, trained_run, two_step_config
 
 from cnn_jax import cli, train
 from cnn_jax import data as data_lib
@@ -19,12 +19,12 @@ from cnn_jax.weights import npz
 
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory, data_dir) -> str:
-  return trained_run(tmp_path_factory, 'predict_tiny', tiny_config(data_dir))  # test_predict's
+  return trained_run(tmp_path_factory, 'predict_tiny', two_step_config(data_dir))  # test_predict's
 
 
 @pytest.mark.slow  # jax2tf conversion, SavedModel written and loaded back: about 20 s
 def test_saved_model_gives_the_jax_logits(tiny_run, data_dir, capsys):
-  config = tiny_config(data_dir)
+  config = two_step_config(data_dir)
   out = os.path.join(tiny_run, 'export')
   os.makedirs(os.path.join(out, 'saved_model'), exist_ok=True)
   with open(os.path.join(out, 'stale.txt'), 'w') as f:
@@ -96,9 +96,9 @@ def test_npz_round_trip(tmp_path):
 
 def test_nothing_to_export(tmp_path, data_dir):
   with pytest.raises(UserError, match=r'no checkpoint in .*checkpoints; train first'):
-    export.export(tiny_config(data_dir), str(tmp_path))
+    export.export(two_step_config(data_dir), str(tmp_path))
   with pytest.raises(UserError, match='--mode=export needs --workdir'):
-    export.export(tiny_config(data_dir), None)
+    export.export(two_step_config(data_dir), None)
   assert not os.listdir(tmp_path)  # nothing created
 
 

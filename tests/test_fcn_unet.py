@@ -1,9 +1,9 @@
 """FCN (VGG and ResNet), U-Net and the shared upsampling: counts, shapes, size errors, a step."""
 
-import functools
 from functools import partial
 
 import flax.linen as nn
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,20 +23,6 @@ _jit = partial(
 )
 
 
-@functools.cache
-def _shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
-  """Variables of an eval-mode `model.init` (as the trainer does) as ShapeDtypeStructs.
-
-  Cached: tracing fcn_resnet50 or the paper's U-Net takes a second, and several tests need them.
-  """
-  x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
-
-
-def _count(tree) -> int:
-  return sum(p.size for p in jax.tree.leaves(tree))
-
-
 def _apply_shapes(model: nn.Module, input_shape: tuple[int, ...], train: bool = False) -> tuple:
   """(logits, mutated collections) of one apply, as shapes (no compute)."""
   x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
@@ -48,7 +34,7 @@ def _apply_shapes(model: nn.Module, input_shape: tuple[int, ...], train: bool = 
       mutable=['batch_stats', 'aux_logits'],
       rngs={'dropout': jax.random.key(0)},
     ),
-    _shapes(model, input_shape),
+    helpers.shapes(model, input_shape),
     x,
   )
 
@@ -69,7 +55,7 @@ def _numpy_variables(model: nn.Module, x: jax.Array) -> dict:
     std = np.sqrt(2 / np.prod(leaf.shape[:-1]))
     return rng.normal(scale=std, size=leaf.shape).astype(np.float32)
 
-  return jax.tree_util.tree_map_with_path(fill, _shapes(model, x.shape))
+  return jax.tree_util.tree_map_with_path(fill, helpers.shapes(model, x.shape))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,21 +133,21 @@ def test_upsample_target_larger_than_output_is_refused():
 
 def test_vgg_without_classifier():
   model = vgg(16, num_classes=0)
-  params = _shapes(model, (1, 64, 64, 3))['params']
+  params = helpers.shapes(model, (1, 64, 64, 3))['params']
   assert not {'fc6', 'fc7', 'fc8'} & set(params)
   # torchvision's vgg16 less its classifier: 138,357,544 - (25088 * 4096 + 4096)
   # - (4096 * 4096 + 4096) - (4096 * 1000 + 1000) = 14,714,688.
-  assert _count(params) == 14_714_688
+  assert helpers.count(params) == 14_714_688
   out, _ = _apply_shapes(model, (1, 64, 64, 3))
   assert out.shape == (1, 2, 2, 512)  # pool5
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   tiny = vgg_tiny(num_classes=0)
   feats = jax.eval_shape(
-    lambda v, x: tiny.apply(v, x, features=True), _shapes(tiny, (1, 32, 32, 3)), x
+    lambda v, x: tiny.apply(v, x, features=True), helpers.shapes(tiny, (1, 32, 32, 3)), x
   )
   assert set(feats) == {f'{k}{s}' for k in ('stage', 'pool') for s in range(1, 6)}
   with pytest.raises(UserError, match=r'VGG.num_classes=-1; expected 0 \(head-less\) or more'):
-    _shapes(vgg_tiny(num_classes=-1), (1, 32, 32, 3))
+    helpers.shapes(vgg_tiny(num_classes=-1), (1, 32, 32, 3))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,16 +186,16 @@ FCN_PARAMS = {
 def test_fcn_vgg_params_match_caffe_layout():
   assert FCN_PARAMS == {'32s': 136_152_917, '16s': 134_815_994, '8s': 134_489_759}
   for variant, expected in FCN_PARAMS.items():
-    params = _shapes(fcn(variant), (1, 32, 32, 3))['params']
-    assert _count(params) == expected
-    assert _count(params['backbone']) == VGG16_CONVS
+    params = helpers.shapes(fcn(variant), (1, 32, 32, 3))['params']
+    assert helpers.count(params) == expected
+    assert helpers.count(params['backbone']) == VGG16_CONVS
     learned = VGG16_CONVS + FC6 + FC7 + SCORE_FR
     assert round(learned / 1e6) == 134  # the paper's Table 1
-  params = _shapes(fcn('8s'), (1, 32, 32, 3))['params']
+  params = helpers.shapes(fcn('8s'), (1, 32, 32, 3))['params']
   assert params['fc6']['kernel'].shape == (7, 7, 512, 4096)
   assert params['upscore8']['deconv']['kernel'].shape == (16, 16, 21, 21)
   # Resize + conv: each upscore is a 3x3 conv, 21 -> 21, no bias.
-  resized = _count(_shapes(fcn('8s', upsample='bilinear'), (1, 32, 32, 3))['params'])
+  resized = helpers.param_count(fcn('8s', upsample='bilinear'), (1, 32, 32, 3))
   assert resized == FCN_PARAMS['8s'] - 2 * _deconv(2) - _deconv(8) + 3 * 9 * 21 * 21
 
 
@@ -217,12 +203,12 @@ def test_fcn_resnet_params_equal_torchvision():
   # torchvision fcn_resnet50(num_classes=21, aux_loss=True): resnet50 without fc (23,508,032)
   # + FCNHead(2048): 3x3 2048->512 (9,437,184) + BN (1,024) + 1x1 512->21 (10,773)
   # + aux FCNHead(1024): 3x3 1024->256 (2,359,296) + BN (512) + 1x1 256->21 (5,397).
-  params = _shapes(fcn_resnet(50), (1, 32, 32, 3))['params']
+  params = helpers.shapes(fcn_resnet(50), (1, 32, 32, 3))['params']
   assert set(params) == {'backbone', 'classifier', 'aux_classifier'}
-  assert _count(params) == 35_322_218
-  assert _count(params['aux_classifier']) == 2_359_296 + 512 + 5_397
-  assert _count(_shapes(fcn_resnet(50, aux_loss=False), (1, 32, 32, 3))['params']) == 32_957_013
-  assert _count(_shapes(fcn_resnet(101), (1, 32, 32, 3))['params']) == 54_314_346
+  assert helpers.count(params) == 35_322_218
+  assert helpers.count(params['aux_classifier']) == 2_359_296 + 512 + 5_397
+  assert helpers.param_count(fcn_resnet(50, aux_loss=False), (1, 32, 32, 3)) == 32_957_013
+  assert helpers.param_count(fcn_resnet(101), (1, 32, 32, 3)) == 54_314_346
 
 
 def _unet_hand_count(in_ch: int, classes: int, base: int, depth: int, bn: bool) -> int:
@@ -246,13 +232,11 @@ def _unet_hand_count(in_ch: int, classes: int, base: int, depth: int, bn: bool) 
 def test_unet_params_match_hand_count():
   # The paper's net: 1-channel 572x572 tiles, 2 classes, valid padding, no BN.
   assert _unet_hand_count(1, 2, 64, 4, bn=False) == 31_030_658
-  assert _count(_shapes(unet_valid(), (1, 572, 572, 1))['params']) == 31_030_658
+  assert helpers.param_count(unet_valid(), (1, 572, 572, 1)) == 31_030_658
   # Same padding + BN, RGB: same convs less their biases, plus BN's scale and shift.
-  assert _count(_shapes(unet(), (1, 32, 32, 3))['params']) == _unet_hand_count(3, 2, 64, 4, True)
+  assert helpers.param_count(unet(), (1, 32, 32, 3)) == _unet_hand_count(3, 2, 64, 4, True)
   assert _unet_hand_count(3, 2, 64, 4, True) == 31_037_698
-  assert _count(_shapes(unet_tiny(), (1, 32, 32, 3))['params']) == _unet_hand_count(
-    3, 11, 4, 2, True
-  )
+  assert helpers.param_count(unet_tiny(), (1, 32, 32, 3)) == _unet_hand_count(3, 11, 4, 2, True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,34 +281,34 @@ def _error(fn) -> str:
 def test_bad_input_sizes_name_the_nearest_valid_ones():
   # Valid padding, depth 4: sizes 16k + 60 keep every pooled map even; the bottom's convs and the
   # up path stay positive from k = 8 on (188 -> 4), so 100 has no valid size below it.
-  assert _error(lambda: _shapes(unet_valid(), (1, 100, 100, 1))) == (
+  assert _error(lambda: helpers.shapes(unet_valid(), (1, 100, 100, 1))) == (
     'U-Net (valid padding, depth 4) cannot take 100x100 inputs: every feature map must have an '
     'even size before each pool and stay positive; nearest valid sizes: 188'
   )
   assert unet_valid().output_size(188) == 4
   # Depth 2: sizes 4k + 12 (k >= 5); 98 -> 94 / 2 = 47 -> 43 is odd before the second pool.
-  assert _error(lambda: _shapes(unet_tiny(padding='valid'), (1, 98, 98, 3))).endswith(
+  assert _error(lambda: helpers.shapes(unet_tiny(padding='valid'), (1, 98, 98, 3))).endswith(
     'depth 2) cannot take 98x98 inputs: every feature map must have an even size before each '
     'pool and stay positive; nearest valid sizes: 96, 100'
   )
-  assert _error(lambda: _shapes(unet(), (1, 100, 100, 3))) == (
+  assert _error(lambda: helpers.shapes(unet(), (1, 100, 100, 3))) == (
     'U-Net (same padding, depth 4) cannot take 100x100 inputs: height and width must be '
     'multiples of 2^depth = 16; nearest valid sizes: 96, 112'
   )
   # Only the offending dimension is named; two different offenders each get their sizes.
-  assert _error(lambda: _shapes(unet_tiny(), (1, 32, 30, 3))).endswith(
+  assert _error(lambda: helpers.shapes(unet_tiny(), (1, 32, 30, 3))).endswith(
     'cannot take 32x30 inputs: height and width must be multiples of 2^depth = 4; '
     'nearest valid sizes: 28, 32'
   )
-  assert _error(lambda: _shapes(unet_tiny(), (1, 10, 14, 3))).endswith(
+  assert _error(lambda: helpers.shapes(unet_tiny(), (1, 10, 14, 3))).endswith(
     'nearest valid sizes: 8, 12 (for 10); 12, 16 (for 14)'
   )
-  assert _error(lambda: _shapes(fcn('8s'), (1, 100, 100, 3))) == (
+  assert _error(lambda: helpers.shapes(fcn('8s'), (1, 100, 100, 3))) == (
     'FCN-8s (vgg16) cannot take 100x100 inputs: height and width must be multiples of 32 '
     '(the stride of pool5); nearest valid sizes: 96, 128'
   )
   assert _error(lambda: fcn_tiny().output_size(20)).endswith('nearest valid sizes: 32')
-  assert _error(lambda: _shapes(FCN(variant='4s'), (1, 32, 32, 3))) == (
+  assert _error(lambda: helpers.shapes(FCN(variant='4s'), (1, 32, 32, 3))) == (
     "FCN.variant='4s'; expected one of ('32s', '16s', '8s')"
   )
   assert _error(lambda: unet(upsample='cubic').output_size(32)) == (
@@ -338,7 +322,7 @@ def test_bad_input_sizes_name_the_nearest_valid_ones():
 
 def test_fcn_resnet_aux_head_only_in_training():
   model = fcn_resnet_tiny()
-  params = _shapes(model, (2, 32, 32, 3))['params']  # eval-mode init creates the aux head
+  params = helpers.shapes(model, (2, 32, 32, 3))['params']  # eval-mode init creates the aux head
   assert 'aux_classifier' in params
   logits, updates = _apply_shapes(model, (2, 30, 34, 3), train=False)
   assert logits.shape == (2, 30, 34, 11) and 'aux_logits' not in updates
@@ -346,7 +330,10 @@ def test_fcn_resnet_aux_head_only_in_training():
   (aux,) = updates['aux_logits']['aux']  # one sow, at input resolution, float32
   assert aux.shape == logits.shape == (2, 30, 34, 11) and aux.dtype == jnp.float32
   assert 'aux_logits' not in _apply_shapes(fcn_resnet_tiny(aux_loss=False), (2, 32, 32, 3), True)[1]
-  assert 'aux_classifier' not in _shapes(fcn_resnet_tiny(aux_loss=False), (2, 32, 32, 3))['params']
+  assert (
+    'aux_classifier'
+    not in helpers.shapes(fcn_resnet_tiny(aux_loss=False), (2, 32, 32, 3))['params']
+  )
   _, updates = _apply_shapes(fcn_resnet_tiny(dtype=jnp.bfloat16), (2, 32, 32, 3), train=True)
   assert jax.tree.leaves(updates['aux_logits'])[0].dtype == jnp.float32
 
@@ -387,6 +374,6 @@ def test_unet_tiny_train_step():
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   for model in (fcn_tiny(dtype=jnp.bfloat16), unet_tiny(dtype=jnp.bfloat16, upsample='bilinear')):
-    variables = _shapes(model, (1, 32, 32, 3))
+    variables = helpers.shapes(model, (1, 32, 32, 3))
     assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
     assert _apply_shapes(model, (1, 32, 32, 3))[0].dtype == jnp.float32

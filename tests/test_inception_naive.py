@@ -1,5 +1,6 @@
 """GoogLeNet's naive Inception option (Szegedy et al. 2015, fig. 2a): no 1x1 reductions."""
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,12 +15,7 @@ TINY_MODULES = ('inception3a', 'inception4a', 'inception4d', 'inception5a')
 
 
 def _params(model, size: int = 32) -> dict:
-  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)['params']
-
-
-def _count(tree) -> int:
-  return sum(p.size for p in jax.tree.leaves(tree))
+  return helpers.shapes(model, (1, size, size, 3), train=False)['params']
 
 
 def _width(c: int, width: float = 1 / 8) -> int:
@@ -28,7 +24,7 @@ def _width(c: int, width: float = 1 / 8) -> int:
 
 def test_default_is_the_bottleneck_net():
   # The published count (torchvision, aux heads included) is untouched by the new field.
-  assert _count(_params(models.create('googlenet'))) == 13_004_888
+  assert helpers.count(_params(models.create('googlenet'))) == 13_004_888
   default = _params(googlenet_tiny())
   explicit = _params(googlenet_tiny(naive=False))
   assert jax.tree.map(lambda p: p.shape, default) == jax.tree.map(lambda p: p.shape, explicit)
@@ -47,13 +43,13 @@ def test_naive_widths_grow_by_the_input_channels():
   model = googlenet_tiny(naive=True)
   params = _params(model)
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  variables = helpers.shapes(model, x.shape, train=False)
   features = jax.eval_shape(lambda v, x: model.apply(v, x, features=True), variables, x)
   c_in = _width(STEM_WIDTHS[2])
   for name in TINY_MODULES:
     c1, _, c2, _, c3, _ = (_width(c) for c in INCEPTION_CONFIGS[name])
     weights = c_in * c1 + 9 * c_in * c2 + 9 * c_in * c3 + 2 * (c1 + c2 + c3)
-    assert _count(params[name]) == weights, name
+    assert helpers.count(params[name]) == weights, name
     c_in += c1 + c2 + c3
   assert features['pre_logits'].shape == (1, c_in)  # 254 for the tiny net
 

@@ -3,6 +3,7 @@
 from functools import partial
 
 import flax.linen as nn
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,16 +13,6 @@ from cnn_jax.core.errors import UserError
 from cnn_jax.models import mobilenet, summary
 from cnn_jax.models.mobilenet import InvertedResidual, make_divisible
 from cnn_jax.nn.layers import BatchNorm, DepthwiseConv, PointwiseConv
-
-
-def _key(seed: int = 0) -> jax.Array:
-  # 'rbg': threefry's random init compiles ~10x slower on XLA:CPU.
-  return jax.random.key(seed, impl='rbg')
-
-
-def _shapes(model, input_shape):
-  x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
 
 
 def _init(model, input_shape, seed: int = 0) -> dict:
@@ -37,20 +28,16 @@ def _init(model, input_shape, seed: int = 0) -> dict:
       return rng.normal(0, np.sqrt(2 / np.prod(s.shape[:-1])), s.shape).astype(np.float32)
     return (np.ones if name in ('scale', 'var') else np.zeros)(s.shape, np.float32)
 
-  return jax.tree_util.tree_map_with_path(leaf, _shapes(model, input_shape))
-
-
-def _num_params(model, input_shape=(1, 32, 32, 3)) -> int:
-  return sum(p.size for p in jax.tree.leaves(_shapes(model, input_shape)['params']))
+  return jax.tree_util.tree_map_with_path(leaf, helpers.shapes(model, input_shape))
 
 
 def test_params_equal_references():
   # v1: Keras' MobileNet(alpha=1.0) with BN and a biased classifier; v2: torchvision.
-  assert _num_params(mobilenet.mobilenet_v1()) == 4_231_976
-  assert _num_params(mobilenet.mobilenet_v2()) == 3_504_872
+  assert helpers.param_count(mobilenet.mobilenet_v1()) == 4_231_976
+  assert helpers.param_count(mobilenet.mobilenet_v2()) == 3_504_872
   # Howard et al. Table 6: 0.50 MobileNet-224 has 1.3 M parameters, 0.25 MobileNet 0.5 M.
-  assert round(_num_params(mobilenet.mobilenet_v1(width_multiplier=0.5)) / 1e6, 1) == 1.3
-  assert round(_num_params(mobilenet.mobilenet_v1(width_multiplier=0.25)) / 1e6, 1) == 0.5
+  assert round(helpers.param_count(mobilenet.mobilenet_v1(width_multiplier=0.5)) / 1e6, 1) == 1.3
+  assert round(helpers.param_count(mobilenet.mobilenet_v1(width_multiplier=0.25)) / 1e6, 1) == 0.5
 
 
 def test_macs_match_papers():
@@ -79,14 +66,14 @@ def test_make_divisible_is_torchvision_rounding():
 
 
 def test_block_names_mirror_torchvision_features():
-  v2 = _shapes(mobilenet.mobilenet_v2(), (1, 32, 32, 3))['params']
+  v2 = helpers.shapes(mobilenet.mobilenet_v2(), (1, 32, 32, 3))['params']
   assert set(v2) == {'stem_conv', 'stem_bn', 'last_conv', 'last_bn', 'head'} | {
     f'block{i}' for i in range(1, 18)
   }
   assert set(v2['block1']) == {'dw_conv', 'dw_bn', 'project_conv', 'project_bn'}  # t = 1
   assert v2['block2']['expand_conv']['kernel'].shape == (1, 1, 16, 96)
   assert v2['block2']['dw_conv']['kernel'].shape == (3, 3, 1, 96)  # nn.Conv's grouped layout
-  v1 = _shapes(mobilenet.mobilenet_v1(), (1, 32, 32, 3))['params']
+  v1 = helpers.shapes(mobilenet.mobilenet_v1(), (1, 32, 32, 3))['params']
   assert len([k for k in v1 if k.startswith('block')]) == 13
   assert set(v1['block13']) == {'dw_conv', 'dw_bn', 'pw_conv', 'pw_bn'}
 
@@ -95,7 +82,9 @@ def test_block_names_mirror_torchvision_features():
 def test_feature_strides(name):
   model = getattr(mobilenet, name)()
   x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
-  feats = jax.eval_shape(lambda v, x: model.apply(v, x, features=True), _shapes(model, x.shape), x)
+  feats = jax.eval_shape(
+    lambda v, x: model.apply(v, x, features=True), helpers.shapes(model, x.shape), x
+  )
   spatial = {k: v.shape[1] for k, v in feats.items() if v.ndim == 4}
   assert spatial == {
     'stem': 112,
@@ -143,7 +132,7 @@ def test_tiny_train_step_is_finite(name):
         x,
         train=True,
         mutable=['batch_stats'],
-        rngs={'dropout': _key(5)},
+        rngs={'dropout': helpers.key(5)},
       )
       loss = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
       return loss, updates['batch_stats']
@@ -182,16 +171,18 @@ def test_depthwise_impls_agree_in_the_model():
 def test_tiny_summary_and_features(name):
   model = getattr(mobilenet, name)()
   s = summary.summarize(model, (32, 32, 3))
-  assert s.total_params == _num_params(model) and s.total_macs > 0
+  assert s.total_params == helpers.param_count(model) and s.total_macs > 0
   x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
-  feats = jax.eval_shape(lambda v, x: model.apply(v, x, features=True), _shapes(model, x.shape), x)
+  feats = jax.eval_shape(
+    lambda v, x: model.apply(v, x, features=True), helpers.shapes(model, x.shape), x
+  )
   assert [feats[f'stage{i}'].shape[1] for i in range(1, 6)] == [16, 8, 4, 2, 1]
   assert feats['stem'].shape[1] == 16 and feats['logits'].shape == (2, 10)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   model = mobilenet.mobilenet_v2_tiny(dtype=jnp.bfloat16)
-  variables = _shapes(model, (1, 32, 32, 3))
+  variables = helpers.shapes(model, (1, 32, 32, 3))
   assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
   out = jax.eval_shape(
     lambda v, x: model.apply(v, x, features=True),
@@ -203,13 +194,13 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 
 def test_bad_field_values_raise_user_error():
   with pytest.raises(UserError, match=r'MobileNetV2.width_multiplier=0; expected a positive'):
-    _num_params(mobilenet.mobilenet_v2_tiny(width_multiplier=0))
+    helpers.param_count(mobilenet.mobilenet_v2_tiny(width_multiplier=0))
   with pytest.raises(
     UserError, match=r'MobileNetV1.dropout_rate=1.0; expected a value in \[0, 1\)'
   ):
-    _num_params(mobilenet.mobilenet_v1_tiny(dropout_rate=1.0))
+    helpers.param_count(mobilenet.mobilenet_v1_tiny(dropout_rate=1.0))
   with pytest.raises(UserError, match=r"MobileNetV1.depthwise_impl='cuda'; expected 'auto'"):
-    _num_params(mobilenet.mobilenet_v1_tiny(depthwise_impl='cuda'))
+    helpers.param_count(mobilenet.mobilenet_v1_tiny(depthwise_impl='cuda'))
 
 
 def _max_rel_err(a, b) -> float:
@@ -230,10 +221,10 @@ def _max_rel_err(a, b) -> float:
 def test_pointwise_conv_equals_nn_conv_with_the_same_params(kw):
   x = np.random.default_rng(0).normal(size=(2, 5, 6, 8)).astype(np.float32)
   ref, own = nn.Conv(16, (1, 1), **kw), PointwiseConv(16, (1, 1), **kw)
-  variables = ref.init(_key(), x)
-  assert jax.tree.map(jnp.shape, own.init(_key(), x)) == jax.tree.map(jnp.shape, variables)
+  variables = ref.init(helpers.key(), x)
+  assert jax.tree.map(jnp.shape, own.init(helpers.key(), x)) == jax.tree.map(jnp.shape, variables)
   np.testing.assert_array_equal(  # same init too: same names, shapes, rng order
-    jax.tree.leaves(own.init(_key(), x))[0], jax.tree.leaves(variables)[0]
+    jax.tree.leaves(own.init(helpers.key(), x))[0], jax.tree.leaves(variables)[0]
   )
   variables = jax.tree.map(lambda p: p + 0.1, variables)  # a non-zero bias
   if not kw:
@@ -250,7 +241,7 @@ def test_pointwise_conv_equals_nn_conv_with_the_same_params(kw):
 
 def test_pointwise_impl_is_checked():
   with pytest.raises(UserError, match=r"pointwise conv impl='fast'; expected one of \('auto'"):
-    PointwiseConv(4, (1, 1), impl='fast').init(_key(), jnp.zeros((1, 2, 2, 3)))
+    PointwiseConv(4, (1, 1), impl='fast').init(helpers.key(), jnp.zeros((1, 2, 2, 3)))
 
 
 @pytest.mark.parametrize(
@@ -262,8 +253,8 @@ def test_batch_norm_equals_flax(kw):
   x = (rng.normal(size=(4, 5, 5, 8)) * 2 + 3).astype(np.float32)
   kw = dict(use_running_average=False, momentum=0.9, epsilon=1e-5) | kw
   ref, own = nn.BatchNorm(**kw), BatchNorm(**kw)
-  variables = ref.init(_key(), x)
-  assert jax.tree.map(jnp.shape, own.init(_key(), x)) == jax.tree.map(jnp.shape, variables)
+  variables = ref.init(helpers.key(), x)
+  assert jax.tree.map(jnp.shape, own.init(helpers.key(), x)) == jax.tree.map(jnp.shape, variables)
   variables = jax.tree.map(
     lambda p: p + rng.uniform(0.1, 0.5, p.shape).astype(np.float32), variables
   )
@@ -287,7 +278,7 @@ def test_batch_norm_averages_statistics_over_axis_name():
 
   def run(cls):
     module = cls(use_running_average=False, axis_name='devices')
-    variables = jax.vmap(module.init, (None, 0), axis_name='devices')(_key(), x)
+    variables = jax.vmap(module.init, (None, 0), axis_name='devices')(helpers.key(), x)
 
     def loss(params, x):
       y, _ = module.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
@@ -338,12 +329,14 @@ def test_v2_dilation_is_the_strided_net_a_trous(flags, step):
   dilated = mobilenet.mobilenet_v2_tiny(num_classes=0, replace_stride_with_dilation=flags)
   shape = (2, 64, 64, 3)
   variables = _init(strided, shape)
-  assert jax.tree.map(jnp.shape, _shapes(dilated, shape)) == jax.tree.map(jnp.shape, variables)
-  x = jax.random.normal(_key(1), shape)
+  assert jax.tree.map(jnp.shape, helpers.shapes(dilated, shape)) == jax.tree.map(
+    jnp.shape, variables
+  )
+  x = jax.random.normal(helpers.key(1), shape)
   a = strided.apply(variables, x, features=True)
   b = dilated.apply(variables, x, features=True)
   assert a['stage5'].shape[1:3] == (2, 2) and b['stage5'].shape[1:3] == (2 * step, 2 * step)
   np.testing.assert_allclose(b['stage5'][:, ::step, ::step], a['stage5'], rtol=1e-4, atol=1e-4)
   assert b['stage2'].shape == a['stage2'].shape  # rows before the dilated ones are untouched
   with pytest.raises(UserError, match='expected 3 flags'):
-    _shapes(mobilenet.mobilenet_v2_tiny(replace_stride_with_dilation=(True,)), shape)
+    helpers.shapes(mobilenet.mobilenet_v2_tiny(replace_stride_with_dilation=(True,)), shape)

@@ -2,7 +2,7 @@
 
 from functools import partial
 
-import flax.linen as nn
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,22 +11,6 @@ import pytest
 from cnn_jax import models
 from cnn_jax.core.errors import UserError
 from cnn_jax.models.resnet import CIFAR_DEPTHS, ResNet
-
-
-def _key(seed: int = 0) -> jax.Array:
-  # 'rbg': threefry's random init compiles ~10x slower on XLA:CPU (resnet_tiny: 13 s vs 1.4 s).
-  return jax.random.key(seed, impl='rbg')
-
-
-def _shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
-  """Variables of `model` as ShapeDtypeStructs (no compute)."""
-  x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
-
-
-def _num_params(model: nn.Module, input_shape: tuple[int, ...] = (1, 32, 32, 3)) -> int:
-  return sum(p.size for p in jax.tree.leaves(_shapes(model, input_shape)['params']))
-
 
 # torchvision.models.resnetN(): sum(p.numel() for p in m.parameters()).
 TORCHVISION_PARAMS = {
@@ -41,7 +25,7 @@ TORCHVISION_PARAMS = {
 @pytest.mark.parametrize('name', list(TORCHVISION_PARAMS))
 def test_imagenet_resnet_params_equal_torchvision(name):
   # Global pooling makes the count independent of the input size: 32x32 traces fastest.
-  assert _num_params(models.create(name)) == TORCHVISION_PARAMS[name]
+  assert helpers.param_count(models.create(name)) == TORCHVISION_PARAMS[name]
 
 
 # He et al. 2016, Table 6 (option A shortcuts, 10 classes): 0.27M, 0.46M, 0.66M, 0.85M, 1.7M.
@@ -57,7 +41,7 @@ CIFAR_PARAMS = {
 @pytest.mark.parametrize('name', list(CIFAR_PARAMS))
 def test_cifar_resnet_params_match_paper(name):
   exact, paper_millions = CIFAR_PARAMS[name]
-  count = _num_params(models.create(name))
+  count = helpers.param_count(models.create(name))
   assert count == exact
   digits = len(str(paper_millions).split('.')[1])
   assert round(count / 1e6, digits) == paper_millions
@@ -66,14 +50,14 @@ def test_cifar_resnet_params_match_paper(name):
 def test_cifar_shortcut_b_adds_projections():
   model = models.create('resnet20', shortcut='B')
   # 1x1 projections + BN at the two stage transitions: 16*32 + 2*32 and 32*64 + 2*64.
-  assert _num_params(model) == 269_722 + (16 * 32 + 64) + (32 * 64 + 128)
-  params = _shapes(model, (1, 32, 32, 3))['params']
+  assert helpers.param_count(model) == 269_722 + (16 * 32 + 64) + (32 * 64 + 128)
+  params = helpers.shapes(model, (1, 32, 32, 3))['params']
   assert 'proj_conv' in params['stage2_block1'] and 'proj_conv' not in params['stage1_block1']
 
 
 @pytest.mark.parametrize('depth', [18, 34, 50, 101, 152, 20, 32, 44, 56, 110])
 def test_plain_nets_have_no_shortcut_params(depth):
-  params = _shapes(models.create(f'plain{depth}'), (1, 32, 32, 3))['params']
+  params = helpers.shapes(models.create(f'plain{depth}'), (1, 32, 32, 3))['params']
   assert 'proj' not in jax.tree_util.keystr(params), 'plain net has a shortcut'
   count = sum(p.size for p in jax.tree.leaves(params))
   if depth in CIFAR_DEPTHS:
@@ -85,21 +69,21 @@ def test_plain_nets_have_no_shortcut_params(depth):
 def test_plain_net_runs():
   model = models.create('resnet_tiny', residual=False, zero_init_residual=True)
   x = jnp.ones((1, 16, 16, 3))
-  variables = jax.jit(model.init)(_key(), x)
+  variables = jax.jit(model.init)(helpers.key(), x)
   # zero_init_residual is ignored without shortcuts: a zero branch would pass no signal.
   assert jnp.all(variables['params']['stage2_block1']['bn2']['scale'] == 1)
   train_apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))
   logits, _ = train_apply(variables, x)
   assert logits.shape == (1, 10) and bool(jnp.all(jnp.isfinite(logits)))
   plain110 = models.create('plain110')
-  out = jax.eval_shape(plain110.apply, _shapes(plain110, x.shape), x)
+  out = jax.eval_shape(plain110.apply, helpers.shapes(plain110, x.shape), x)
   assert out.shape == (1, 10)
 
 
 def test_resnet18_features_and_strides():
   feats = jax.eval_shape(
     lambda v, x: models.create('resnet18').apply(v, x, features=True),
-    _shapes(models.create('resnet18'), (2, 64, 64, 3)),
+    helpers.shapes(models.create('resnet18'), (2, 64, 64, 3)),
     jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32),
   )
   # Strides 4 (7x7/2 conv + 3x3/2 max pool), 4, 8, 16, 32.
@@ -119,7 +103,7 @@ def test_resnet50_and_cifar_features():
     model = models.create(name)
     out = jax.eval_shape(
       lambda v, x: model.apply(v, x, features=True),
-      _shapes(model, (1, size, size, 3)),
+      helpers.shapes(model, (1, size, size, 3)),
       jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
     )
     return {k: v.shape[1:] for k, v in out.items()}
@@ -145,7 +129,7 @@ def test_resnet50_and_cifar_features():
 
 
 def test_submodule_names_are_stable():
-  params = _shapes(models.create('resnet50'), (1, 32, 32, 3))['params']
+  params = helpers.shapes(models.create('resnet50'), (1, 32, 32, 3))['params']
   assert {'stem_conv', 'stem_bn', 'stage1_block1', 'stage4_block3', 'head'} <= set(params)
   assert set(params['stage1_block1']) == {
     'conv1',
@@ -158,7 +142,7 @@ def test_submodule_names_are_stable():
     'proj_bn',
   }
   assert params['stage2_block1']['conv2']['kernel'].shape == (3, 3, 128, 128)
-  assert set(_shapes(models.create('lenet5'), (1, 32, 32, 3))['params']) == {
+  assert set(helpers.shapes(models.create('lenet5'), (1, 32, 32, 3))['params']) == {
     'conv1',
     'conv2',
     'fc3',
@@ -172,7 +156,7 @@ def test_train_step_is_finite_and_updates_batch_stats(name):
   model = models.create(name)
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
   labels = jnp.array([3, 7])
-  variables = jax.jit(model.init)(_key(), x)
+  variables = jax.jit(model.init)(helpers.key(), x)
   params, stats = variables['params'], variables.get('batch_stats', {})
 
   def loss_fn(params):
@@ -198,7 +182,7 @@ def test_train_step_is_finite_and_updates_batch_stats(name):
 
 def test_norm_axis_name_averages_batch_stats_across_devices():
   x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 8, 8, 3)), jnp.float32)
-  variables = jax.jit(models.create('resnet_tiny').init)(_key(), x)
+  variables = jax.jit(models.create('resnet_tiny').init)(helpers.key(), x)
 
   @partial(jax.jit, static_argnums=0)
   def stats(model, x):
@@ -220,14 +204,14 @@ def test_norm_axis_name_averages_batch_stats_across_devices():
 def test_zero_init_residual_zeroes_last_bn_scale():
   x = jnp.ones((1, 8, 8, 3))
   model = models.create('resnet_tiny', zero_init_residual=True)
-  params = jax.jit(model.init)(_key(), x)['params']
+  params = jax.jit(model.init)(helpers.key(), x)['params']
   block = params['stage2_block1']
   assert not jnp.any(block['bn2']['scale']) and jnp.all(block['bn1']['scale'] == 1)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   model = models.create('resnet_tiny', dtype=jnp.bfloat16)
-  variables = _shapes(model, (1, 8, 8, 3))
+  variables = helpers.shapes(model, (1, 8, 8, 3))
   assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
   out = jax.eval_shape(
     lambda v, x: model.apply(v, x, features=True),
@@ -265,6 +249,6 @@ def test_unknown_model_names_close_matches():
 def test_bad_field_values_raise_user_error():
   expected = r"ResNet.block='wide'; expected one of \('basic', 'bottleneck'\)"
   with pytest.raises(UserError, match=expected):
-    _shapes(models.create('resnet18', block='wide'), (1, 32, 32, 3))
+    helpers.shapes(models.create('resnet18', block='wide'), (1, 32, 32, 3))
   with pytest.raises(UserError, match='no ResNet of depth 19'):
     models.resnet(19)

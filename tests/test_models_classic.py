@@ -4,6 +4,7 @@ import math
 from functools import partial
 
 import flax.linen as nn
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,28 +16,16 @@ from cnn_jax.models.squeezenet import CeilMaxPool, ceil_pool_padding, squeezenet
 from cnn_jax.models.summary import summarize
 from cnn_jax.models.vgg import vgg, vgg_tiny
 
-
-def _key(seed: int = 0) -> jax.Array:
-  # 'rbg': threefry's random init compiles ~10x slower on XLA:CPU.
-  return jax.random.key(seed, impl='rbg')
-
-
 # LLVM's optimizations are most of XLA:CPU's compile time and pointless for a few tiny steps:
 # level 0 cuts vgg_tiny_bn's train step compile from about 5.0 to 2.9 CPU seconds.
 _jit = partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
-
-
-def _variables(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
-  """Variables of `model` as ShapeDtypeStructs (no compute)."""
-  x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
 
 
 def _feature_shapes(model: nn.Module, size: int) -> dict[str, tuple[int, ...]]:
   shape = (1, size, size, 3)
   out = jax.eval_shape(
     lambda v, x: model.apply(v, x, features=True),
-    _variables(model, shape),
+    helpers.shapes(model, shape),
     jax.ShapeDtypeStruct(shape, jnp.float32),
   )
   return {k: v.shape[1:] for k, v in out.items()}
@@ -72,7 +61,7 @@ def test_params_equal_torchvision(name):
   # The adaptive pools make the count independent of the input: the smallest legal size traces
   # fastest (AlexNet needs 63x63).
   size = 64 if name == 'alexnet' else 32
-  params = _variables(MODELS[name](), (1, size, size, 3))['params']
+  params = helpers.shapes(MODELS[name](), (1, size, size, 3))['params']
   assert sum(p.size for p in jax.tree.leaves(params)) == TORCHVISION[name][0]
 
 
@@ -140,16 +129,16 @@ def test_squeezenet_feature_shapes():
 
 
 def test_submodule_names_are_stable():
-  a = _variables(alexnet(), (1, 64, 64, 3))['params']
+  a = helpers.shapes(alexnet(), (1, 64, 64, 3))['params']
   assert set(a) == {'conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8'}
   assert a['conv1']['kernel'].shape == (11, 11, 3, 64) and a['fc6']['kernel'].shape == (9216, 4096)
-  v = _variables(vgg(16, batch_norm=True), (1, 32, 32, 3))
+  v = helpers.shapes(vgg(16, batch_norm=True), (1, 32, 32, 3))
   assert {'conv1_1', 'conv1_2', 'bn1_2', 'conv5_3', 'bn5_3', 'fc6', 'fc7', 'fc8'} <= set(
     v['params']
   )
   assert 'conv5_4' not in v['params'] and set(v['batch_stats']['bn3_3']) == {'mean', 'var'}
   assert v['params']['fc6']['kernel'].shape == (25088, 4096)
-  s = _variables(squeezenet('1_1'), (1, 32, 32, 3))['params']
+  s = helpers.shapes(squeezenet('1_1'), (1, 32, 32, 3))['params']
   assert set(s) == {'conv1', 'conv10'} | {f'fire{i}' for i in range(2, 10)}
   assert set(s['fire9']) == {'squeeze', 'expand1x1', 'expand3x3'}
   assert s['fire9']['expand3x3']['kernel'].shape == (3, 3, 64, 256)
@@ -200,7 +189,7 @@ def test_train_step_is_finite_and_dropout_only_in_training(name):
   model = build()
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, size, size, 3)), jnp.float32)
   labels = jnp.array([3, 7])
-  variables = _jit(model.init)(_key(), x)
+  variables = _jit(model.init)(helpers.key(), x)
   params, stats = variables['params'], variables.get('batch_stats', {})
   assert bool(stats) == (name == 'vgg_tiny_bn')
 
@@ -222,7 +211,7 @@ def test_train_step_is_finite_and_dropout_only_in_training(name):
     eval_logits = model.apply({'params': params, 'batch_stats': stats}, x, rngs={'dropout': rng})
     return loss, grads, logits, new_stats, eval_logits
 
-  loss, grads, train1, new_stats, eval1 = step(params, _key(1))
+  loss, grads, train1, new_stats, eval1 = step(params, helpers.key(1))
   assert bool(jnp.isfinite(loss)) and train1.shape == (2, 10)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
   assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
@@ -230,8 +219,8 @@ def test_train_step_is_finite_and_dropout_only_in_training(name):
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), stats, new_stats)
     assert all(jax.tree.leaves(changed)), 'some running statistics were not updated'
 
-  _, _, train2, _, eval2 = step(params, _key(2))
-  _, _, train1_again, _, _ = step(params, _key(1))
+  _, _, train2, _, eval2 = step(params, helpers.key(2))
+  _, _, train1_again, _, _ = step(params, helpers.key(1))
   # Training: the dropout mask follows the rng.
   assert not np.allclose(train1, train2)
   np.testing.assert_array_equal(train1, train1_again)
@@ -242,7 +231,7 @@ def test_train_step_is_finite_and_dropout_only_in_training(name):
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   for model in (vgg_tiny(batch_norm=True, dtype=jnp.bfloat16), squeezenet_tiny(dtype=jnp.bfloat16)):
-    variables = _variables(model, (1, 32, 32, 3))
+    variables = helpers.shapes(model, (1, 32, 32, 3))
     assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
     out = jax.eval_shape(
       lambda v, x, model=model: model.apply(v, x, features=True),
@@ -254,14 +243,14 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 
 def test_bad_values_raise_user_error():
   with pytest.raises(UserError, match=r'AlexNet needs NHWC inputs of at least 63x63'):
-    _variables(alexnet(), (1, 32, 32, 3))
+    helpers.shapes(alexnet(), (1, 32, 32, 3))
   with pytest.raises(UserError, match=r'VGG needs NHWC inputs of at least 32x32'):
-    _variables(vgg(11), (1, 16, 16, 3))
+    helpers.shapes(vgg(11), (1, 16, 16, 3))
   with pytest.raises(UserError, match=r'no VGG of depth 15; known depths: \[11, 13, 16, 19\]'):
     vgg(15)
   with pytest.raises(UserError, match=r"no SqueezeNet version '1_2'"):
     squeezenet('1_2')
   with pytest.raises(UserError, match=r'AlexNet.widths needs 5 conv widths, got 3'):
-    _variables(alexnet(widths=(8, 8, 8)), (1, 64, 64, 3))
+    helpers.shapes(alexnet(widths=(8, 8, 8)), (1, 64, 64, 3))
   with pytest.raises(UserError, match=r'VGG.dropout_rate=1.0; expected a value in \[0, 1\)'):
-    _variables(vgg_tiny(dropout_rate=1.0), (1, 32, 32, 3))
+    helpers.shapes(vgg_tiny(dropout_rate=1.0), (1, 32, 32, 3))

@@ -1,9 +1,9 @@
 """GoogLeNet and DenseNet: torchvision parameter counts, aux classifiers, dense connectivity."""
 
-import functools
 from functools import partial
 
 import flax.linen as nn
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,30 +19,15 @@ from cnn_jax.models.googlenet import (
   googlenet_tiny,
 )
 
-
-def _key(seed: int = 0) -> jax.Array:
-  # 'rbg': threefry's random init compiles ~10x slower on XLA:CPU.
-  return jax.random.key(seed, impl='rbg')
-
-
-@functools.cache
-def _shapes(model: nn.Module, input_shape: tuple[int, ...] = (1, 32, 32, 3)) -> dict:
-  """Variables of an eval-mode `model.init` (as the trainer does) as ShapeDtypeStructs.
-
-  Cached: tracing googlenet or densenet121 takes a second or two, and several tests need them.
-  Global pooling (and the aux heads' adaptive pooling) make the shapes independent of H and W.
-  """
-  x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-
-
-def _count(tree) -> int:
-  return sum(p.size for p in jax.tree.leaves(tree))
+# Variables come from helpers.shapes(model, train=False): the trainer's eval-mode init, on 32x32
+# inputs; global pooling (and the aux heads' adaptive pooling) make them independent of H and W.
 
 
 def _feature_shapes(model: nn.Module, size: int) -> dict[str, tuple[int, ...]]:
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  out = jax.eval_shape(lambda v, x: model.apply(v, x, features=True), _shapes(model), x)
+  out = jax.eval_shape(
+    lambda v, x: model.apply(v, x, features=True), helpers.shapes(model, train=False), x
+  )
   return {k: v.shape[1:] for k, v in out.items()}
 
 
@@ -79,18 +64,18 @@ def _numpy_variables(model: nn.Module, x: jax.Array) -> dict:
     std = np.sqrt(2 / np.prod(leaf.shape[:-1]))
     return rng.normal(scale=std, size=leaf.shape).astype(np.float32)
 
-  return jax.tree_util.tree_map_with_path(fill, _shapes(model))
+  return jax.tree_util.tree_map_with_path(fill, helpers.shapes(model, train=False))
 
 
 def test_googlenet_params_equal_torchvision():
   # torchvision.models.googlenet(aux_logits=True / False, init_weights=True), 1000 classes;
   # the trainer initialises in eval mode, so that is where the aux parameters must appear.
-  params = _shapes(googlenet())['params']
-  assert _count(params) == 13_004_888
+  params = helpers.shapes(googlenet(), train=False)['params']
+  assert helpers.count(params) == 13_004_888
   assert {'aux1', 'aux2'} <= set(params)
-  assert _count({k: v for k, v in params.items() if k not in ('aux1', 'aux2')}) == 6_624_904
-  plain = _shapes(googlenet(aux_logits=False))['params']
-  assert _count(plain) == 6_624_904 and not {'aux1', 'aux2'} & set(plain)
+  assert helpers.count({k: v for k, v in params.items() if k not in ('aux1', 'aux2')}) == 6_624_904
+  plain = helpers.shapes(googlenet(aux_logits=False), train=False)['params']
+  assert helpers.count(plain) == 6_624_904 and not {'aux1', 'aux2'} & set(plain)
 
 
 # torchvision.models.densenetN(): sum(p.numel() for p in m.parameters()).
@@ -99,7 +84,7 @@ def test_googlenet_params_equal_torchvision():
   [(121, 7_978_856), (169, 14_149_480), (201, 20_013_928)],
 )
 def test_densenet_params_equal_torchvision(depth, expected):
-  assert _count(_shapes(densenet(depth))['params']) == expected
+  assert helpers.param_count(densenet(depth), train=False) == expected
 
 
 def _apply_shapes(model: nn.Module, train: bool, batch: int = 2) -> tuple:
@@ -113,7 +98,7 @@ def _apply_shapes(model: nn.Module, train: bool, batch: int = 2) -> tuple:
       mutable=['batch_stats', 'aux_logits'],
       rngs={'dropout': jax.random.key(0)},
     ),
-    _shapes(model),
+    helpers.shapes(model, train=False),
     x,
   )
 
@@ -150,7 +135,7 @@ def test_densenet_tiny_train_step():
       x,
       train=True,
       mutable=['batch_stats'],
-      rngs={'dropout': _key(1)},
+      rngs={'dropout': helpers.key(1)},
     )
     return _cross_entropy(logits, labels), updates['batch_stats']
 
@@ -186,7 +171,7 @@ def test_densenet_channels_grow_by_k_per_layer():
   assert [tiny[f'block{b}'][-1] for b in (1, 2, 3, 4)] == block_channels(8, 4, (1, 1, 1, 1))
   assert block_channels(8, 4, (1, 1, 1, 1)) == [12, 10, 9, 8]
   # Every layer of a block sees all earlier maps: layer j's 1x1 conv takes C + (j - 1) * k.
-  params = _shapes(densenet(121))['params']
+  params = helpers.shapes(densenet(121), train=False)['params']
   for j in range(1, 17):
     kernel = params['denseblock4'][f'denselayer{j}']['conv1']['kernel']
     assert kernel.shape == (1, 1, 512 + (j - 1) * 32, 128)
@@ -241,7 +226,7 @@ def test_adaptive_avg_pool_bins_like_torch():
 
 
 def test_submodule_names_follow_torchvision():
-  g = _shapes(googlenet())['params']
+  g = helpers.shapes(googlenet(), train=False)['params']
   assert set(g) == {
     'conv1',
     'conv2',
@@ -264,7 +249,7 @@ def test_submodule_names_follow_torchvision():
   assert set(g['conv1']) == {'conv', 'bn'} and 'bias' not in g['conv1']['conv']
   assert g['aux1']['fc1']['kernel'].shape == (2048, 1024)
   assert g['aux2']['conv']['conv']['kernel'].shape == (1, 1, 528, 128)
-  d = _shapes(densenet(121))['params']
+  d = helpers.shapes(densenet(121), train=False)['params']
   assert set(d) == {
     'conv0',
     'norm0',
@@ -282,22 +267,22 @@ def test_submodule_names_follow_torchvision():
 def test_summary_works(name):
   model = {'googlenet_tiny': googlenet_tiny, 'densenet_tiny': densenet_tiny}[name]()
   s = summary.summarize(model, (32, 32, 3))
-  assert s.total_params == _count(_shapes(model)['params'])
+  assert s.total_params == helpers.param_count(model, train=False)
   assert s.total_macs > 0 and s.rows[-1].output_shape == (10,)
 
 
 def test_bad_field_values_raise_user_error():
   with pytest.raises(UserError, match=r'GoogLeNet.width=0; expected a positive multiplier'):
-    _shapes(googlenet(width=0))
+    helpers.shapes(googlenet(width=0), train=False)
   with pytest.raises(UserError, match=r'GoogLeNet.aux_dropout_rate=1.0; expected a rate'):
-    _shapes(googlenet(aux_dropout_rate=1.0))
+    helpers.shapes(googlenet(aux_dropout_rate=1.0), train=False)
   with pytest.raises(UserError, match=r"GoogLeNet.modules=\('inception4a', 'inception3a'"):
-    _shapes(googlenet(modules=('inception4a', 'inception3a', 'inception5a')))
+    helpers.shapes(googlenet(modules=('inception4a', 'inception3a', 'inception5a')), train=False)
   with pytest.raises(UserError, match=r"lacks \['inception4a', 'inception4d'\]"):
-    _shapes(googlenet(modules=('inception3a', 'inception4b', 'inception5a')))
+    helpers.shapes(googlenet(modules=('inception3a', 'inception4b', 'inception5a')), train=False)
   with pytest.raises(UserError, match=r'DenseNet.block_config=\(\); expected positive'):
-    _shapes(densenet_tiny(block_config=()))
+    helpers.shapes(densenet_tiny(block_config=()), train=False)
   with pytest.raises(UserError, match=r'DenseNet.growth_rate=0; expected a positive integer'):
-    _shapes(densenet_tiny(growth_rate=0))
+    helpers.shapes(densenet_tiny(growth_rate=0), train=False)
   with pytest.raises(UserError, match='no DenseNet of depth 100; known depths'):
     densenet(100)

@@ -26,8 +26,8 @@ def trained_run(tmp_path_factory, name: str, config) -> str:
   return workdir
 
 
-def tiny_config(data_dir: str):
-  """resnet_tiny on 16x16 digits, 2 steps: a checkpoint in seconds."""
+def two_step_config(data_dir: str):
+  """helpers.tiny_config (resnet_tiny on 16x16 digits) for 2 steps: a checkpoint in seconds."""
   return helpers.tiny_config(
     data_dir, num_train_steps=2, log_every_steps=2, checkpoint_every_steps=2, eval_every_steps=-1
   )
@@ -75,11 +75,11 @@ def eval_path(config, workdir: str, count: int) -> tuple[np.ndarray, np.ndarray]
 
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory, data_dir) -> str:
-  return trained_run(tmp_path_factory, 'predict_tiny', tiny_config(data_dir))
+  return trained_run(tmp_path_factory, 'predict_tiny', two_step_config(data_dir))
 
 
 def test_predict_is_the_eval_path(tiny_run, data_dir, tmp_path):
-  config = tiny_config(data_dir)
+  config = two_step_config(data_dir)
   data = data_lib.load('digits', data_dir)
   paths = write_pngs(data.eval.__getitems__([0, 1, 2]), tmp_path / 'images')
   images, logits = eval_path(config, tiny_run, 3)
@@ -108,7 +108,7 @@ def test_cli_prints_what_it_writes(tiny_run, data_dir, tmp_path, capsys):
   out = tmp_path / 'out'
   step_dir = os.path.join(tiny_run, 'checkpoints', '2')
   inputs = [str(tmp_path / 'images' / '*.png')]
-  cli.run(tiny_config(data_dir), step_dir, 'predict', inputs=inputs, top_k=2, output=str(out))
+  cli.run(two_step_config(data_dir), step_dir, 'predict', inputs=inputs, top_k=2, output=str(out))
   lines = capsys.readouterr().out.strip().splitlines()
   with open(out / 'predictions.json') as f:
     written = json.load(f)
@@ -124,13 +124,13 @@ def test_cli_prints_what_it_writes(tiny_run, data_dir, tmp_path, capsys):
       round(t['probability'], 3) for t in row['top_k']
     ]
   with pytest.raises(UserError, match=r'no checkpoint .*checkpoints/7 \(its steps: 2\)'):
-    predict.predict(tiny_config(data_dir), os.path.join(tiny_run, 'checkpoints', '7'), paths)
+    predict.predict(two_step_config(data_dir), os.path.join(tiny_run, 'checkpoints', '7'), paths)
 
 
 def test_another_config_is_refused(tiny_run, data_dir, tmp_path):
   data = data_lib.load('digits', data_dir)
   paths = write_pngs(data.eval.__getitems__([0]), tmp_path / 'images')
-  config = tiny_config(data_dir)
+  config = two_step_config(data_dir)
   config.model.name = 'resnet20'
   with pytest.raises(UserError, match="trained with another config .*model.name: 'resnet_tiny'"):
     predict.predict(config, tiny_run, paths, output=str(tmp_path / 'o'))
@@ -148,7 +148,7 @@ def test_unreadable_file_is_named(tmp_path, data_dir):
   bad.parent.mkdir()
   bad.write_bytes(b'these are not pixels')
   with pytest.raises(UserError) as e:
-    predict.predict(tiny_config(data_dir), _fake_run(tmp_path), [str(bad.parent)])
+    predict.predict(two_step_config(data_dir), _fake_run(tmp_path), [str(bad.parent)])
   message = str(e.value)
   assert message.startswith(f'{bad} is not a readable image (') and '\n' not in message
   assert message.endswith('give PNG, JPEG, BMP, GIF or WebP files')
@@ -164,11 +164,11 @@ def test_empty_or_missing_folder(tmp_path, data_dir, exists):
   else:
     message = rf'--inputs: {folder} does not exist; give image files, globs or folders'
   with pytest.raises(UserError, match=message):
-    predict.predict(tiny_config(data_dir), _fake_run(tmp_path), [str(folder)])
+    predict.predict(two_step_config(data_dir), _fake_run(tmp_path), [str(folder)])
 
 
 def test_bad_input_errors(tmp_path, data_dir):
-  run, config = _fake_run(tmp_path), tiny_config(data_dir)
+  run, config = _fake_run(tmp_path), two_step_config(data_dir)
   image = tmp_path / 'a.png'
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
   cases = [

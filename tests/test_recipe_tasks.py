@@ -27,10 +27,11 @@ def _yolo(data_dir: str, **overrides):
     'log_every_steps': 4,
     'checkpoint_every_steps': 12,
     'eval_every_steps': -1,
-    'model.backbone_kwargs': {'stem': 'imagenet', 'widths': (8, 8, 8)},
     'optimizer.warmup_steps': 2,
   }
-  return helpers.set_fields(yolo_config.get_config(), **(fields | overrides))
+  config = yolo_config.get_config()
+  config.model.backbone_kwargs = {'stem': 'imagenet', 'widths': (8, 8, 8)}  # a field it lacks
+  return helpers.set_fields(config, **(fields | overrides))
 
 
 def _triplet(data_dir: str, **overrides):

@@ -1,6 +1,7 @@
 """Noisy Student's noise in the ResNets: stochastic depth (Huang et al. 2016) and head dropout."""
 
 import flax.linen as nn
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,8 +25,7 @@ def _variables(model: nn.Module, shape: tuple[int, ...] = SHAPE, seed: int = 0) 
   """numpy-filled variables in the model's tree (no init compute): N(0, 0.5) parameters,
   running variances in [0.5, 1.5]."""
   rng = np.random.default_rng(seed)
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  tree = jax.eval_shape(lambda x: model.init(jax.random.key(0, impl='rbg'), x), x)
+  tree = helpers.shapes(model, shape)
 
   def fill(path, leaf):
     if path[-1].key == 'var':
@@ -43,10 +43,6 @@ def _train(model: nn.Module, variables: dict, x: jax.Array, seed: int | None = 0
   rngs = {} if seed is None else {'dropout': jax.random.key(seed, impl='rbg')}
   out, _ = model.apply(variables, x, train=True, mutable=['batch_stats'], rngs=rngs)
   return out
-
-
-def _num_params(variables: dict) -> int:
-  return sum(p.size for p in jax.tree.leaves(variables['params']))
 
 
 def test_block_drop_probs_follow_the_linear_rule():
@@ -91,7 +87,7 @@ def test_noise_keeps_parameters_and_eval_output():
   variables = _variables(plain_model)
   noisy_tree = _variables(noisy)
   assert jax.tree.structure(noisy_tree) == jax.tree.structure(variables)
-  assert _num_params(noisy_tree) == _num_params(variables)
+  assert helpers.count(noisy_tree['params']) == helpers.count(variables['params'])
   x = _images()
   # Eval is the same function: no rng needed, outputs bit for bit equal.
   np.testing.assert_array_equal(noisy.apply(variables, x), plain_model.apply(variables, x))

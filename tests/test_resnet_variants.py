@@ -1,6 +1,7 @@
 """ResNet variants: SE-ResNet, dilated (DeepLab) backbones, deformable stages."""
 
 import flax.linen as nn
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,22 +13,11 @@ from cnn_jax.models.resnet import DILATION_FOR_OUTPUT_STRIDE, resnet, resnet_tin
 from cnn_jax.nn.deformable import DeformableConv
 
 
-def _key(seed: int = 0) -> jax.Array:
-  return jax.random.key(seed, impl='rbg')  # threefry init compiles ~10x slower on XLA:CPU
-
-
-def _shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
-  x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
-
-
-def _num_params(model: nn.Module, input_shape: tuple[int, ...] = (1, 32, 32, 3)) -> int:
-  return sum(p.size for p in jax.tree.leaves(_shapes(model, input_shape)['params']))
-
-
 def _feature_shapes(model: nn.Module, size: int) -> dict[str, tuple[int, ...]]:
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  out = jax.eval_shape(lambda v, x: model.apply(v, x, features=True), _shapes(model, x.shape), x)
+  out = jax.eval_shape(
+    lambda v, x: model.apply(v, x, features=True), helpers.shapes(model, x.shape), x
+  )
   return {k: v.shape[1:] for k, v in out.items()}
 
 
@@ -36,8 +26,8 @@ def test_seresnet50_params_equal_reference():
   # the SE layers' 1x1 convs with biases.
   model = seresnet(50)
   assert model.se_reduction == 16
-  assert _num_params(model) == 28_088_024
-  se = _shapes(model, (1, 32, 32, 3))['params']['stage1_block1']['se']
+  assert helpers.param_count(model) == 28_088_024
+  se = helpers.shapes(model, (1, 32, 32, 3))['params']['stage1_block1']['se']
   assert se['reduce']['kernel'].shape == (1, 1, 256, 16) and se['reduce']['bias'].shape == (16,)
   assert se['expand']['kernel'].shape == (1, 1, 16, 256) and se['expand']['bias'].shape == (256,)
   assert summary.summarize(model, (224, 224, 3)).total_params == 28_088_024
@@ -53,7 +43,7 @@ def test_dilation_gives_deeplab_output_strides(output_stride):
   for name, stride in strides.items():
     assert shapes[name][:2] == (64 // stride, 64 // stride), name
   # Dilation changes no parameter shapes: ImageNet weights load into the atrous backbone.
-  assert _num_params(model) == 25_557_032
+  assert helpers.param_count(model) == 25_557_032
 
 
 def test_dilated_stages_follow_torchvision():
@@ -72,7 +62,7 @@ def test_dilated_stages_follow_torchvision():
   # Stage 4 deformable: its 3x3 convs get the same dilation, padding and stride.
   model = resnet(50, replace_stride_with_dilation=(False, True, True), deformable_stages=(4,))
   with nn.intercept_methods(record):
-    _shapes(model, (1, 64, 64, 3))
+    helpers.trace_init(model, (1, 64, 64, 3))
   assert dilations['stage2_block1'] == (1, 1, 2)
   assert dilations['stage3_block1'] == (1, 1, 1) and dilations['stage3_block2'] == (2, 2, 1)
   assert dilations['stage4_block1'] == (2, 2, 1) and dilations['stage4_block3'] == (4, 4, 1)
@@ -86,7 +76,7 @@ def _train_step(model: nn.Module) -> tuple[dict, dict]:
   """One loss/gradient evaluation in train mode on a fixed batch; returns (params, grads)."""
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, 16, 3)), jnp.float32)
   labels = jnp.array([3, 7])
-  variables = jax.jit(model.init)(_key(), x)
+  variables = jax.jit(model.init)(helpers.key(), x)
   params, stats = variables['params'], variables['batch_stats']
 
   def loss_fn(params):
@@ -126,15 +116,15 @@ def test_deformable_resnet50_params():
   # DCNv2's conv3_x-conv5_x: 13 bottleneck 3x3 convs gain an offset conv of 27 * (9 C + 1).
   model = resnet(50, deformable_stages=(2, 3, 4))
   offsets = 4 * 27 * (9 * 128 + 1) + 6 * 27 * (9 * 256 + 1) + 3 * 27 * (9 * 512 + 1)
-  assert _num_params(model) == 25_557_032 + offsets == 26_428_295
+  assert helpers.param_count(model) == 25_557_032 + offsets == 26_428_295
 
 
 def test_bad_variant_fields_raise_user_error():
   with pytest.raises(UserError, match=r'deformable_stages=\(4,\); stages are numbered 1\.\.3'):
-    _shapes(resnet_tiny(deformable_stages=(4,)), (1, 16, 16, 3))
+    helpers.shapes(resnet_tiny(deformable_stages=(4,)), (1, 16, 16, 3))
   with pytest.raises(UserError, match='dilates a stage the net lacks'):
-    _shapes(resnet_tiny(replace_stride_with_dilation=(False, False, True)), (1, 16, 16, 3))
+    helpers.shapes(resnet_tiny(replace_stride_with_dilation=(False, False, True)), (1, 16, 16, 3))
   with pytest.raises(UserError, match='se_reduction=8 leaves no channels of 4'):
-    _shapes(resnet_tiny(se_reduction=8), (1, 16, 16, 3))
+    helpers.shapes(resnet_tiny(se_reduction=8), (1, 16, 16, 3))
   with pytest.raises(UserError, match='se_reduction=-1'):
     resnet_tiny(se_reduction=-1).feature_strides()

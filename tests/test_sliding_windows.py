@@ -4,6 +4,7 @@ import math
 from functools import partial
 
 import flax.linen as nn
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,10 +14,6 @@ from cnn_jax import models
 from cnn_jax.core.errors import UserError
 from cnn_jax.models import sliding_windows as sw
 from cnn_jax.nn.layers import Conv, MaxPool
-
-
-def _count(tree) -> int:
-  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def _random_variables(model: nn.Module, input_shape: tuple[int, ...], seed: int):
@@ -133,7 +130,7 @@ def test_both_forms_have_the_same_parameters():
   }
   as_shapes = lambda tree: jax.tree_util.tree_map(lambda a: a.shape, tree)
   assert as_shapes(shapes[14]) == as_shapes(shapes[16]) == as_shapes(shapes[28])
-  per_layer = {name: _count(tree) for name, tree in shapes[14].items()}
+  per_layer = {name: helpers.count(tree) for name, tree in shapes[14].items()}
   # 5*5*3*16 + 16; 400*400 + 400 (twice); 400*4 + 4.
   assert per_layer == {'conv1': 1_216, 'fc1': 160_400, 'fc2': 160_400, 'logits': 1_604}
   assert shapes[14]['fc1']['kernel'].shape == (400, 400)  # nn.Dense layout, (5 * 5 * 16, 400)
@@ -147,7 +144,7 @@ def test_both_forms_have_the_same_parameters():
       return nn.Conv(4, (1, 1))(x)
 
   twin = jax.eval_shape(NotesConvTwin().init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-  assert _count(twin) == _count(shapes[16]) == 323_620
+  assert helpers.count(twin) == helpers.count(shapes[16]) == 323_620
   assert jax.eval_shape(NotesConvTwin().apply, twin, jnp.zeros((1, 16, 16, 3))).shape == (
     1,
     2,

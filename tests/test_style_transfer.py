@@ -1,6 +1,7 @@
-"""Neural style transfer: the Gram matrix and the costs against NumPy loops and hand-computed
-cases (note 004's normalisations), feature extraction by name in eval mode, a few optimisation
-steps on a tiny random network, PNG output, and the errors bad arguments raise."""
+"""Neural style transfer: the Gram matrix and the costs (cnn_jax/ops/style.py) against NumPy
+loops and hand-computed cases (note 004's normalisations), feature extraction by name in eval
+mode, a few optimisation steps on a tiny random network, PNG output, and the errors bad arguments
+raise."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ from PIL import Image
 
 from cnn_jax import models
 from cnn_jax.core.errors import UserError
+from cnn_jax.ops import style as costs
 from cnn_jax.recipes import style_transfer as st
 
 
@@ -32,7 +34,7 @@ def _gram_loop(a: np.ndarray) -> np.ndarray:
 
 def test_gram_matrix_matches_a_numpy_loop():
   a = _random((2, 3, 4, 5), 0)
-  g = np.asarray(st.gram_matrix(jnp.asarray(a)))
+  g = np.asarray(costs.gram_matrix(jnp.asarray(a)))
   assert g.shape == (2, 5, 5)
   np.testing.assert_allclose(g, _gram_loop(a), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(g, np.transpose(g, (0, 2, 1)), atol=1e-6)  # symmetric
@@ -40,15 +42,17 @@ def test_gram_matrix_matches_a_numpy_loop():
 
 def test_content_cost_formula_and_properties():
   a_c, a_g = _random((2, 3, 4, 5), 1), _random((2, 3, 4, 5), 2)
-  got = np.asarray(st.content_cost(jnp.asarray(a_c), jnp.asarray(a_g)))
+  got = np.asarray(costs.content_cost(jnp.asarray(a_c), jnp.asarray(a_g)))
   expect = [np.sum((a_c[n] - a_g[n]) ** 2) / (4 * 3 * 4 * 5) for n in range(2)]
   np.testing.assert_allclose(got, expect, rtol=1e-5)
   # The note's 1/lambda with another lambda (Gatys et al.: 2).
-  got2 = np.asarray(st.content_cost(jnp.asarray(a_c), jnp.asarray(a_g), lam=2.0))
+  got2 = np.asarray(costs.content_cost(jnp.asarray(a_c), jnp.asarray(a_g), lam=2.0))
   np.testing.assert_allclose(got2, np.array(expect) * (4 * 3 * 4 * 5) / 2, rtol=1e-5)
   # G = C costs nothing; scaling both activations by k scales the cost by k^2.
-  np.testing.assert_array_equal(np.asarray(st.content_cost(jnp.asarray(a_c), jnp.asarray(a_c))), 0)
-  scaled = np.asarray(st.content_cost(jnp.asarray(3 * a_c), jnp.asarray(3 * a_g)))
+  np.testing.assert_array_equal(
+    np.asarray(costs.content_cost(jnp.asarray(a_c), jnp.asarray(a_c))), 0
+  )
+  scaled = np.asarray(costs.content_cost(jnp.asarray(3 * a_c), jnp.asarray(3 * a_g)))
   np.testing.assert_allclose(scaled, 9 * got, rtol=1e-5)
 
 
@@ -58,29 +62,31 @@ def test_layer_style_cost_hand_computed():
   # Gatys et al.: 25 / (2 * 1 * 1 * 2)^2 = 1.5625.
   a_s = jnp.array([[[[1.0, 2.0]]]])
   a_g = jnp.zeros((1, 1, 1, 2))
-  assert float(st.layer_style_cost(a_s, a_g)[0]) == pytest.approx(6.25)
-  assert float(st.layer_style_cost(a_s, a_g, normalisation='gatys')[0]) == pytest.approx(1.5625)
+  assert float(costs.layer_style_cost(a_s, a_g)[0]) == pytest.approx(6.25)
+  assert float(costs.layer_style_cost(a_s, a_g, normalisation='gatys')[0]) == pytest.approx(1.5625)
 
 
 def test_layer_style_cost_matches_numpy_and_scales_as_k4():
   a_s, a_g = _random((2, 3, 4, 5), 3), _random((2, 3, 4, 5), 4)
   diff = _gram_loop(a_s) - _gram_loop(a_g)
   sums = np.sum(diff**2, axis=(1, 2))
-  notes = np.asarray(st.layer_style_cost(jnp.asarray(a_s), jnp.asarray(a_g)))
+  notes = np.asarray(costs.layer_style_cost(jnp.asarray(a_s), jnp.asarray(a_g)))
   np.testing.assert_allclose(notes, sums / (2 * 3 * 4) ** 2, rtol=1e-4)
-  gatys = np.asarray(st.layer_style_cost(jnp.asarray(a_s), jnp.asarray(a_g), normalisation='gatys'))
+  gatys = np.asarray(
+    costs.layer_style_cost(jnp.asarray(a_s), jnp.asarray(a_g), normalisation='gatys')
+  )
   np.testing.assert_allclose(gatys, sums / (2 * 3 * 4 * 5) ** 2, rtol=1e-4)
-  scaled = np.asarray(st.layer_style_cost(jnp.asarray(2 * a_s), jnp.asarray(2 * a_g)))
+  scaled = np.asarray(costs.layer_style_cost(jnp.asarray(2 * a_s), jnp.asarray(2 * a_g)))
   np.testing.assert_allclose(scaled, 16 * notes, rtol=1e-4)
   # A style of batch 1 serves every generated image.
-  one = np.asarray(st.layer_style_cost(jnp.asarray(a_s[:1]), jnp.asarray(a_g)))
+  one = np.asarray(costs.layer_style_cost(jnp.asarray(a_s[:1]), jnp.asarray(a_g)))
   np.testing.assert_allclose(
     one, (_gram_loop(a_s[:1]) - _gram_loop(a_g)) ** 2 @ np.ones(5) @ np.ones(5) / 24**2, rtol=1e-4
   )
   # The same style, whatever its spatial arrangement: a Gram matrix ignores where things are.
   flipped = a_s[:, ::-1, ::-1]
   np.testing.assert_allclose(
-    np.asarray(st.layer_style_cost(jnp.asarray(a_s), jnp.asarray(flipped))), 0, atol=1e-4
+    np.asarray(costs.layer_style_cost(jnp.asarray(a_s), jnp.asarray(flipped))), 0, atol=1e-4
   )
 
 
@@ -89,30 +95,30 @@ def test_style_and_total_cost_are_weighted_sums():
   g = {'a': _random((1, 4, 4, 3), 7), 'b': _random((1, 2, 2, 6), 8), 'c': _random((1, 2, 2, 2), 9)}
   c = {'c': _random((1, 2, 2, 2), 10)}
   weights = {'a': 0.25, 'b': 2.0}
-  per_layer = {k: float(st.layer_style_cost(s[k], g[k])[0]) for k in weights}
-  j_style = float(st.style_cost(s, g, weights)[0])
+  per_layer = {k: float(costs.layer_style_cost(s[k], g[k])[0]) for k in weights}
+  j_style = float(costs.style_cost(s, g, weights)[0])
   assert j_style == pytest.approx(0.25 * per_layer['a'] + 2.0 * per_layer['b'], rel=1e-5)
-  j_content = float(st.content_cost(c['c'], g['c'])[0])
-  costs = st.total_cost(c, s, g, content_layer='c', style_weights=weights, alpha=3.0, beta=0.5)
-  assert float(costs['content'][0]) == pytest.approx(j_content, rel=1e-6)
-  assert float(costs['style'][0]) == pytest.approx(j_style, rel=1e-6)
-  assert float(costs['total'][0]) == pytest.approx(3.0 * j_content + 0.5 * j_style, rel=1e-5)
+  j_content = float(costs.content_cost(c['c'], g['c'])[0])
+  total = costs.total_cost(c, s, g, content_layer='c', style_weights=weights, alpha=3.0, beta=0.5)
+  assert float(total['content'][0]) == pytest.approx(j_content, rel=1e-6)
+  assert float(total['style'][0]) == pytest.approx(j_style, rel=1e-6)
+  assert float(total['total'][0]) == pytest.approx(3.0 * j_content + 0.5 * j_style, rel=1e-5)
 
 
 def test_cost_argument_errors():
   a = jnp.zeros((1, 2, 2, 3))
   with pytest.raises(UserError, match='normalisation'):
-    st.layer_style_cost(a, a, normalisation='course')
+    costs.layer_style_cost(a, a, normalisation='course')
   with pytest.raises(UserError, match=r'\(B, H, W, C\)'):
-    st.layer_style_cost(a, jnp.zeros((1, 3, 2, 3)))
+    costs.layer_style_cost(a, jnp.zeros((1, 3, 2, 3)))
   with pytest.raises(UserError, match='lam'):
-    st.content_cost(a, a, lam=0.0)
+    costs.content_cost(a, a, lam=0.0)
   with pytest.raises(UserError, match='lack'):
-    st.style_cost({'a': a}, {'a': a}, {'b': 1.0})
+    costs.style_cost({'a': a}, {'a': a}, {'b': 1.0})
   with pytest.raises(UserError, match='>= 0'):
-    st.style_cost({'a': a}, {'a': a}, {'a': -1.0})
+    costs.style_cost({'a': a}, {'a': a}, {'a': -1.0})
   with pytest.raises(UserError, match='all 0'):
-    st.style_cost({'a': a}, {'a': a}, {'a': 0.0})
+    costs.style_cost({'a': a}, {'a': a}, {'a': 0.0})
 
 
 @pytest.fixture(scope='module')

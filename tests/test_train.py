@@ -180,7 +180,6 @@ def test_aux_logits_add_weighted_losses():
   import numpy as np
   import optax
 
-  from cnn_jax import tasks
   from cnn_jax.core import parallel
 
   class WithAux(nn.Module):

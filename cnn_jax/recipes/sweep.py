@@ -14,8 +14,9 @@ the config file the same way, with `get_hyper`):
       trains, so that the overrides of every stage are checked up front.
 
 and the config may hold a `sweep` section: the sweep's own settings (read by the hooks) and the
-plot's (`plot_x`, `plot_y`, `plot_group`, `plot_stage`, `plot_logx`; see `write_tables`). The
-section is removed from each trial's config: a trial's config.json is a plain trainer config.
+plot's (`plot_x`, `plot_y`, `plot_group`, `plot_stage`, `plot_logx`; see
+sweep_tables.write_tables). The section is removed from each trial's config: a trial's
+config.json is a plain trainer config.
 
   python main.py --config=configs/resnet_lr_sweep.py --workdir=runs/lr            # every trial
   python main.py --config=configs/resnet_lr_sweep.py --workdir=runs/lr \\
@@ -52,10 +53,8 @@ trials stay finished). Do not run two processes with the same shard on one workd
 """
 
 import copy
-import csv
 import dataclasses
 import importlib.util
-import io
 import json
 import os
 import re
@@ -67,12 +66,13 @@ import jax
 import ml_collections
 from absl import logging
 
-from cnn_jax.core.errors import UserError, close_matches
+from cnn_jax.core.config_fields import set_field
+from cnn_jax.core.errors import UserError
+from cnn_jax.recipes.sweep_tables import format_value, write_json, write_tables
 
 POLL_SECONDS = 2.0  # how often a shard that is done looks for the other shards' summaries
 TRIAL_FILE = 'trial.json'
 DIVERGED_FILE = 'diverged.json'
-TABLE = 'sweep'  # workdir/sweep.{csv,json,md,png}
 MAX_STAGES = 100  # a get_next_trials that never returns [] is a bug
 
 
@@ -126,17 +126,6 @@ def load_hooks(config_file: str | None) -> Hooks | None:
 # Overrides and names.
 
 
-def field_names(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
-  """Every leaf field of `config` as a dotted name ('optimizer.lr', 'model.name', ...)."""
-  names = []
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      names.extend(field_names(value, f'{prefix}{key}.'))
-    else:
-      names.append(f'{prefix}{key}')
-  return names
-
-
 def trial_config(
   config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
 ) -> ml_collections.ConfigDict:
@@ -149,43 +138,17 @@ def trial_config(
   if 'sweep' in c:
     with c.unlocked():
       del c['sweep']
-  fields = field_names(c)
   for key, value in overrides.items():
     if key == 'sweep' or key.startswith('sweep.'):
       raise UserError(
         f"a trial overrides '{key}', but the sweep section is not part of a trial's config; "
         'set the trial fields themselves'
       )
-    *parents, leaf = key.split('.')
-    node = c
-    for part in parents:
-      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-      raise UserError(
-        f"a trial overrides '{key}', which the config does not have; closest fields: "
-        f'{close_matches(key, fields) or "none"}'
-      )
-    current = node[leaf]
-    if isinstance(current, ml_collections.ConfigDict):
-      raise UserError(f"a trial overrides the section '{key}'; override its fields one by one")
-    if isinstance(current, tuple) and isinstance(value, list):
-      value = tuple(value)
     try:
-      node[leaf] = value
-    except (TypeError, ValueError) as e:
-      raise UserError(
-        f"a trial sets '{key}' to {value!r} ({type(value).__name__}), but the field holds "
-        f'{type(current).__name__} values like {current!r}'
-      ) from e
+      set_field(c, key, value)
+    except UserError as e:
+      raise UserError(f"a sweep trial's overrides: {e}") from e
   return c
-
-
-def _format_value(value: Any) -> str:
-  if isinstance(value, float):
-    return f'{value:.6g}'
-  if isinstance(value, tuple | list):
-    return '-'.join(_format_value(v) for v in value) or 'none'
-  return str(value)
 
 
 def trial_name(overrides: Mapping[str, Any]) -> str:
@@ -198,7 +161,7 @@ def trial_name(overrides: Mapping[str, Any]) -> str:
   parts = []
   for key, last in zip(overrides, lasts, strict=True):
     label = last if lasts.count(last) == 1 else key
-    parts.append(f'{label}={_format_value(overrides[key])}')
+    parts.append(f'{label}={format_value(overrides[key])}')
   return re.sub(r'[^A-Za-z0-9._=,+-]', '_', ','.join(parts)) or 'base'
 
 
@@ -259,8 +222,7 @@ def model_costs(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """(parameters, multiply-adds at batch 1) of config's model at config's input size.
 
   Traced with jax.eval_shape (cnn_jax.models.summary): no compute; a model that cannot take the
-  input
-  size is a UserError. Cached by model fields and input shape.
+  input size is a UserError. Cached by model fields and input shape.
   """
   from cnn_jax import train
 
@@ -307,16 +269,8 @@ def _check_trial_file(trial: Planned) -> None:
     )
 
 
-def _write_json(path: str, payload: Any) -> None:
-  """Atomically: a reader (another shard) never sees half a file."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=1, default=str)
-  os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------
-# Rows and tables.
+# Rows (the tables: sweep_tables.py).
 
 PLACEHOLDER = {'test_accuracy': 0.0, 'test_loss': 0.0, 'steps': 0, 'wall_seconds': 0.0}
 
@@ -340,101 +294,6 @@ def _row(trial: Planned, costs: tuple[int, int] | None, placeholder: bool = Fals
   return row
 
 
-def _columns(rows: Sequence[dict]) -> list[str]:
-  columns = []
-  for row in rows:
-    columns.extend(k for k in row if k not in columns)
-  return columns
-
-
-def _cell(key: str, value: Any) -> str:
-  if value is None:
-    return ''
-  if isinstance(value, bool):
-    return str(value)
-  if isinstance(value, float) and 'accuracy' in key:
-    return f'{100 * value:.2f}%'
-  if isinstance(value, int):
-    return f'{value:,}'
-  if isinstance(value, float):
-    return f'{value:.4g}'
-  return _format_value(value)
-
-
-def markdown(rows: Sequence[dict]) -> str:
-  """The rows as a markdown table (accuracies in %, integers with thousands separators)."""
-  columns = [c for c in _columns(rows) if c != 'error']
-  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-  for row in rows:
-    lines.append('| ' + ' | '.join(_cell(c, row.get(c)) for c in columns) + ' |')
-  return '\n'.join(lines)
-
-
-def write_tables(config: ml_collections.ConfigDict, workdir: str, rows: Sequence[dict]) -> str:
-  """workdir/sweep.json, .csv, .md and, when config.sweep.plot_x is set, sweep.png.
-
-  The plot: plot_y (default test_accuracy) against plot_x, one line per value of plot_group
-  (all rows one line when ''), from the rows of stage plot_stage (-1: the last stage), each
-  line sorted by x; plot_logx for a log x axis. Returns the markdown table.
-  """
-  os.makedirs(workdir, exist_ok=True)
-  base = os.path.join(workdir, TABLE)
-  _write_json(base + '.json', {'rows': list(rows)})
-  columns = _columns(rows)
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, columns, lineterminator='\n')
-  writer.writeheader()
-  for row in rows:
-    writer.writerow(
-      {k: (_format_value(v) if isinstance(v, tuple | list) else v) for k, v in row.items()}
-    )
-  table = markdown(rows)
-  for ext, text in (('.csv', buffer.getvalue()), ('.md', table + '\n')):
-    tmp = f'{base}{ext}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-      f.write(text)
-    os.replace(tmp, base + ext)
-  settings = config.get('sweep') or {}
-  if settings.get('plot_x'):
-    plot(rows, base + '.png', settings)
-  return table
-
-
-def plot(rows: Sequence[dict], path: str, settings: Mapping[str, Any]) -> None:
-  """One line per group of plot_y against plot_x (see write_tables), as a PNG at `path`."""
-  import matplotlib
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
-  x_key, y_key = settings['plot_x'], settings.get('plot_y') or 'test_accuracy'
-  group_key = settings.get('plot_group') or ''
-  stages = sorted({r['stage'] for r in rows})
-  stage = settings.get('plot_stage', -1)
-  stage = stages[stage] if stages and -len(stages) <= stage < len(stages) else stage
-  groups: dict[str, list[tuple[float, float]]] = {}
-  for r in rows:
-    if r['stage'] != stage or r.get('status') != 'done' or r.get(x_key) is None:
-      continue
-    groups.setdefault(str(r.get(group_key, '')), []).append((r[x_key], r.get(y_key)))
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-  for label, points in groups.items():
-    points.sort()
-    ax.plot(*zip(*points, strict=True), marker='o', label=label or None)
-  if settings.get('plot_logx'):
-    ax.set_xscale('log')
-  ax.set_xlabel(x_key)
-  ax.set_ylabel(y_key)
-  ax.grid(alpha=0.3)
-  if any(groups):  # a label per group
-    ax.legend(title=group_key)
-  fig.tight_layout()
-  tmp = f'{path}.tmp{os.getpid()}.png'
-  fig.savefig(tmp)
-  plt.close(fig)
-  os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------
 # Running.
 
@@ -451,7 +310,7 @@ def _run_trial(trial: Planned) -> bool:
   primary = jax.process_index() == 0
   if primary:
     os.makedirs(trial.workdir, exist_ok=True)
-    _write_json(
+    write_json(
       os.path.join(trial.workdir, TRIAL_FILE),
       {'name': trial.name, 'overrides': trial.overrides, 'config': _config_json(trial.config)},
     )
@@ -461,7 +320,7 @@ def _run_trial(trial: Planned) -> bool:
   except train.NonFiniteError as e:
     logging.warning('Trial %s diverged: %s', trial.name, e)
     if primary:
-      _write_json(os.path.join(trial.workdir, DIVERGED_FILE), {'error': str(e)})
+      write_json(os.path.join(trial.workdir, DIVERGED_FILE), {'error': str(e)})
     result = {}
   finally:
     jax.clear_caches()  # this trial's compiled steps: no other trial reuses them

@@ -131,6 +131,7 @@ def build(
   _check_kinds(config, data.spec, task_class)
   model = create_model(config, num_classes)
   check_input_size(model, config)
+  check_total_stride(model, config)
   steps_per_epoch = max(len(data.train) // config.batch_size, 1)
   if config.num_train_steps > 0:
     num_steps = config.num_train_steps
@@ -273,14 +274,23 @@ def check_input_size(model: flax.linen.Module, config: ml_collections.ConfigDict
       f"model '{config.model.name}' cannot take {shape[0]}x{shape[1]}x{shape[2]} images "
       f'({reason}); set --config.image_size to a size it accepts'
     ) from e
-  if shape[0] < _STRIDE_PROBE // 8:
-    stride = total_stride(model, shape[2])
-    if stride is not None and shape[0] < stride:
-      raise UserError(
-        f"config.image_size={shape[0]} is smaller than model '{config.model.name}' downsamples "
-        f'({stride}x: its last feature map would hold less than one pixel of the image); set '
-        f'--config.image_size to {stride} or more'
-      )
+
+
+def check_total_stride(model: flax.linen.Module, config: ml_collections.ConfigDict) -> None:
+  """A training run's images must not be smaller than the model downsamples (a 1x1 image goes
+  through ResNet-20 without an error and means nothing). Measured for small sizes only (shape
+  inference, a second or two); summaries and MAC probes (cnn_jax/recipes/scaling.py) may trace
+  any size that works."""
+  shape = input_shape(config)
+  if shape[0] >= _STRIDE_PROBE // 8:
+    return
+  stride = total_stride(model, shape[2])
+  if stride is not None and shape[0] < stride:
+    raise UserError(
+      f"config.image_size={shape[0]} is smaller than model '{config.model.name}' downsamples "
+      f'({stride}x: its last feature map would hold less than one pixel of the image); set '
+      f'--config.image_size to {stride} or more'
+    )
 
 
 _STRIDE_PROBE = 256  # the input side at which a model's total stride is measured
