@@ -12,6 +12,7 @@ import pytest
 
 from cnn_jax import data as data_lib
 from cnn_jax import tasks, train
+from cnn_jax.core.checkpoint import Checkpointer
 from cnn_jax.core.errors import UserError
 from configs import distill
 
@@ -103,7 +104,7 @@ def test_recipe_trains_the_teacher_first_and_keeps_it_out_of_the_student(tmp_pat
   # The student's checkpoint holds the student's state only: restored into the student's
   # template it is the trained student, bit for bit.
   exp = train.build(_config(data_dir), workdir)
-  state = train.Checkpointer(os.path.join(workdir, 'checkpoints')).restore(train.initial_state(exp))
+  state = Checkpointer(os.path.join(workdir, 'checkpoints')).restore(train.initial_state(exp))
   assert train.fingerprint(state.params, state.batch_stats) == result['params_sha256']
   assert teacher['params_sha256'] != result['params_sha256']
 

@@ -22,6 +22,7 @@ from jax import lax
 
 from cnn_jax import cli, tasks, train
 from cnn_jax.core import config_fields, ranges
+from cnn_jax.core.checkpoint import Checkpointer
 from cnn_jax.core.errors import UserError
 from cnn_jax.core.parallel import AXIS
 from configs import default
@@ -109,7 +110,7 @@ def test_logged_learning_rate_is_the_applied_one_after_a_skipped_step(
   assert logged[4] != pytest.approx(float(schedule(3)))  # what the trainer's own step gave
   # ... and optax's count, saved with the final state, agrees.
   exp = train.build(config, workdir)
-  state = train.restore_checkpoint(exp, train.loop.Checkpointer(f'{workdir}/checkpoints'), 6)
+  state = train.restore_checkpoint(exp, Checkpointer(f'{workdir}/checkpoints'), 6)
   assert train.optim.applied_learning_rate(schedule, state.opt_state) == pytest.approx(logged[6])
 
 
