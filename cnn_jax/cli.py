@@ -86,6 +86,14 @@ def config_typo(argv: list[str]) -> str | None:
   return None
 
 
+# config.recipe -> the module whose run(config, workdir) trains it ('' = one trainer run).
+RECIPES = {
+  '': 'cnn_jax.train',
+  'noisy_student': 'cnn_jax.recipes.noisy_student',
+  'style_transfer': 'cnn_jax.recipes.style',
+}
+
+
 def _initialize_distributed(
   coordinator_address: str | None,
   num_processes: int | None,
@@ -132,17 +140,20 @@ def run(
   output: str | None = None,
 ) -> None:
   """`config_file`: the config's path; a file that defines get_trials is a sweep (sweep.py).
+  `config.recipe` ('' = one training run; RECIPES) names a run made of runs.
 
   predict (cnn_jax/inference/predict.py) reads `inputs`, `top_k` and `output`; export
-  (cnn_jax/inference/export.py)
-  `output`.
+  (cnn_jax/inference/export.py) `output`.
   """
   quiet_libraries()
+  recipe = config.get('recipe', '')
+  if recipe not in RECIPES:
+    raise UserError(f'config.recipe={recipe!r}; use one of {", ".join(map(repr, RECIPES))}')
   if mode == 'summary':
     # A sweep's base model; a style transfer run's backbone.
-    print(summary(config.backbone if 'style' in config else config))
+    print(summary(config.backbone if recipe == 'style_transfer' else config))
     return
-  if 'style' in config and mode != 'train':
+  if recipe == 'style_transfer' and mode != 'train':
     raise UserError(
       f'--mode={mode}: a style transfer run has no checkpoint of its own (it writes stylised.png '
       "and summary.json); its backbone's test accuracy is in summary.json and in "
@@ -185,14 +196,8 @@ def run(
     return
   from cnn_jax import train
 
-  if mode == 'train' and 'noisy_student' in config:
-    from cnn_jax.recipes import noisy_student
-
-    result = noisy_student.run(config, workdir)
-  elif mode == 'train' and 'style' in config:
-    from cnn_jax.recipes import style as style_recipe
-
-    result = style_recipe.run(config, workdir)
+  if mode == 'train' and recipe:
+    result = importlib.import_module(RECIPES[recipe]).run(config, workdir)
   elif mode == 'train':
     result = train.train_and_evaluate(config, workdir)
   else:

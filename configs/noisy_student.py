@@ -36,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.5
   config.model.stochastic_depth_prob = 0.2  # at the last block: the paper's survival 0.8
   config.randaugment = (2, 27.0)  # (N, M on 0..30)
+  config.recipe = 'noisy_student'  # cnn_jax/recipes/noisy_student.py runs the iterations
   ns = config.noisy_student = ml_collections.ConfigDict()
   ns.iterations = 2
   ns.labeled_fraction = 0.1  # of the train split, stratified; the rest is the unlabelled pool

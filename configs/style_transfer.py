@@ -56,6 +56,7 @@ from configs import vgg
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  config.recipe = 'style_transfer'  # cnn_jax/recipes/style.py
   # A whole trainer config (any family's would do); `arg` picks its dataset.
   backbone = config.backbone = vgg.get_config(arg)
   style = config.style = ml_collections.ConfigDict()

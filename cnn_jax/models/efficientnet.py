@@ -37,6 +37,7 @@ from cnn_jax.nn.layers import (
   PointwiseConv,
   SqueezeExcite,
   conv_kernel_init,
+  stochastic_depth,
 )
 
 ModuleDef = Any
@@ -200,14 +201,7 @@ class MBConv(nn.Module):
     y = self.conv(self.out_features, (1, 1), padding=0, name='project_conv')(y)
     y = self.norm(name='project_bn')(y)
     if self.strides == 1 and self.in_features == self.out_features:
-      # Stochastic depth (Huang et al. 2016), torchvision's 'row' mode: one keep/drop draw per
-      # example (mask (B, 1, 1, 1)), survivors scaled by 1/(1-p); the identity in eval.
-      y = nn.Dropout(
-        self.stochastic_depth_prob,
-        broadcast_dims=(1, 2, 3),
-        deterministic=not train,
-        name='stochastic_depth',
-      )(y)
+      y = stochastic_depth(y, self.stochastic_depth_prob, train=train)
       y = y + x
     return y
 

@@ -34,6 +34,7 @@ from cnn_jax.nn.layers import (
   SqueezeExcite,
   conv_kernel_init,
   dense_kernel_init,
+  stochastic_depth,
 )
 
 ModuleDef = Any
@@ -109,12 +110,7 @@ def _merge(block: nn.Module, x: jax.Array, y: jax.Array, train: bool) -> jax.Arr
   if not block.residual:
     return nn.relu(y)
   if block.stochastic_depth_prob > 0:  # no module at 0: the net stays exactly the old one
-    y = nn.Dropout(
-      block.stochastic_depth_prob,
-      broadcast_dims=(1, 2, 3),
-      deterministic=not train,
-      name='stochastic_depth',
-    )(y)
+    y = stochastic_depth(y, block.stochastic_depth_prob, train=train)
   return nn.relu(_shortcut(block, x, y))
 
 

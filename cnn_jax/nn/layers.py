@@ -353,3 +353,13 @@ class DepthwiseConv(nn.Module):
     if self.use_bias:
       y = y + jnp.asarray(self.param('bias', nn.initializers.zeros, (c,), jnp.float32), self.dtype)
     return y
+
+
+def stochastic_depth(y: jax.Array, prob: float, *, train: bool) -> jax.Array:
+  """Stochastic depth (Huang et al. 2016) of a residual branch, torchvision's 'row' mode: one
+  keep/drop draw per example (mask (B, 1, 1, 1)), survivors scaled by 1/(1-p); the identity in
+  eval. Called inside a compact module, it is that module's submodule 'stochastic_depth' and
+  draws from the 'dropout' rng. ResNet's blocks and EfficientNet's MBConv both use it."""
+  return nn.Dropout(
+    prob, broadcast_dims=(1, 2, 3), deterministic=not train, name='stochastic_depth'
+  )(y)
