@@ -19,6 +19,7 @@ from typing import Any
 
 import ml_collections
 
+from cnn_jax.core import config_fields
 from cnn_jax.core.errors import UserError
 
 
@@ -74,20 +75,14 @@ def _number(x: float) -> str:
   return str(int(x)) if float(x).is_integer() else repr(x)
 
 
-def _lookup(config: ml_collections.ConfigDict, path: str) -> tuple[bool, Any]:
-  node: Any = config
-  for part in path.split('.'):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      return False, None
-    node = node[part]
-  return True, node
-
-
 def check(config: ml_collections.ConfigDict, ranges: Mapping[str, Range]) -> None:
   """A UserError for the first field of `ranges` whose value in `config` is out of its range."""
   for path, allowed in ranges.items():
-    present, value = _lookup(config, path)
-    if not present or value is None:  # absent, or a placeholder left unset (None: the default)
+    try:
+      value = config_fields.get_field(config, path)
+    except UserError:  # a config without this field or section: nothing to check
+      continue
+    if value is None:  # a placeholder left unset: the default applies
       continue
     values = value if isinstance(value, tuple | list) else (value,)
     for v in values:
