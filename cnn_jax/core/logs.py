@@ -5,7 +5,16 @@ import math
 import os
 from typing import Any
 
-from flax.metrics import tensorboard
+
+def _summary_writer(path: str):
+  """flax's TensorBoard writer; it imports TensorFlow, which comes from quiet_tf first (no
+  start-up log on stderr)."""
+  from cnn_jax.core.quiet_tf import tf
+
+  del tf  # imported quietly first: flax's writer imports TensorFlow
+  from flax.metrics import tensorboard
+
+  return tensorboard.SummaryWriter(path)
 
 
 def write_atomically(path: str, text: str) -> None:
@@ -39,7 +48,7 @@ class MetricWriter:
         rows = [line for line in f if _step(line) <= resume_step]
       write_atomically(self.path, ''.join(rows))  # a kill now loses no row
     self._tb = {
-      split: tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard', split))
+      split: _summary_writer(os.path.join(workdir, 'tensorboard', split))
       for split in ('train', 'test')
     }
 
