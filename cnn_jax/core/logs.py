@@ -5,11 +5,20 @@ import math
 import os
 from typing import Any
 
+from absl import logging
+
 
 def _summary_writer(path: str):
   """flax's TensorBoard writer; it imports TensorFlow, which comes from quiet_tf first (no
-  start-up log on stderr)."""
-  from cnn_jax.core.quiet_tf import tf
+  start-up log on stderr). None where TensorFlow is not installed (the GPU machines of
+  experiments/accelerator runs): metrics.jsonl alone then, said once in the log."""
+  try:
+    from cnn_jax.core.quiet_tf import tf
+  except ImportError:
+    logging.log_first_n(
+      logging.WARNING, 'TensorFlow is not installed: no TensorBoard events, metrics.jsonl only.', 1
+    )
+    return None
 
   del tf  # imported quietly first: flax's writer imports TensorFlow
   from flax.metrics import tensorboard
@@ -58,11 +67,15 @@ class MetricWriter:
     row = {'step': int(step), 'split': split, **{k: float(v) for k, v in metrics.items()}}
     with open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')
+    writer = self._tb[split]
+    if writer is None:
+      return
     for name, value in metrics.items():
-      self._tb[split].scalar(name, float(value), int(step))
-    self._tb[split].flush()
+      writer.scalar(name, float(value), int(step))
+    writer.flush()
 
   def close(self) -> None:
     if self.enabled:
       for w in self._tb.values():
-        w.close()
+        if w is not None:
+          w.close()

@@ -12,37 +12,16 @@ import math
 import numbers
 import os
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from cnn_jax.core.errors import UserError, close_matches
 from cnn_jax.core.quiet_tf import tfds
-from cnn_jax.data.specs import DATASETS, FOLDER_SPEC, TFDS_BUILD, UNAVAILABLE, DatasetSpec
+from cnn_jax.data.sources import Dataset, Source, Subset
+from cnn_jax.data.specs import DATASETS, FOLDER_SPEC, TFDS_BUILD, UNAVAILABLE
 
 FOLDER_PREFIX = 'folder:'
-
-
-class Source(Protocol):
-  """Random access to encoded examples: {'image': encoded bytes, 'label': int} (classification)
-  or {'image': encoded bytes, spec.mask_feature: encoded 1-channel image} (segmentation)."""
-
-  def __len__(self) -> int: ...
-
-  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]: ...
-
-
-@dataclasses.dataclass
-class Dataset:
-  name: str
-  spec: DatasetSpec
-  train: Source
-  eval: Source
-  num_classes: int  # segmentation: including background (digit_scenes: 11)
-  channels: int  # of the stored images
-  # Examples left out as unreadable (pipeline.drop_corrupt_images): {split: [(index, file,
-  # reason), ...]}; empty unless config.skip_corrupt_images.
-  skipped: dict[str, list[tuple[int, str, str]]] = dataclasses.field(default_factory=dict)
 
 
 class _InMemorySource:
@@ -56,23 +35,6 @@ class _InMemorySource:
 
   def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
     return [self._examples[int(i)] for i in indices]
-
-
-class Subset:
-  """Examples `indices` of another source: example i here is source example indices[i]."""
-
-  def __init__(self, source: Source, indices: Sequence[int] | np.ndarray):
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    outside = indices[(indices < 0) | (indices >= len(source))]
-    if outside.size:
-      raise ValueError(f'Subset index {outside[0]} outside the source [0, {len(source)})')
-    self.source, self.indices = source, indices
-
-  def __len__(self) -> int:
-    return int(self.indices.size)
-
-  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-    return self.source.__getitems__(self.indices[np.asarray(indices, np.int64)].tolist())
 
 
 _LABEL_CHUNK = 4096  # records read at once when collecting labels: bounded memory
