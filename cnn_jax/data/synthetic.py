@@ -90,8 +90,8 @@ def train_iterator(
   del unused
   rows = _rows(global_batch, process_index, process_count)
   for step in range(start_step, num_steps):
-    batch = _draw(np.random.default_rng((seed, step)), global_batch, image_size, channels,
-                  data.num_classes)  # fmt: skip
+    rng = np.random.default_rng((seed, step))
+    batch = _draw(rng, global_batch, image_size, channels, data.num_classes)
     yield {k: v[rows] for k, v in batch.items()}
 
 

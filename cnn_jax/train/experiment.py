@@ -58,10 +58,15 @@ class Experiment:
   runner: Any
 
 
+def task_class(config: ml_collections.ConfigDict) -> type[tasks.Task]:
+  """The Task class config.task names (a UserError names the valid ones)."""
+  return tasks.get(config.get('task', 'classification'))
+
+
 def check_ranges(config: ml_collections.ConfigDict) -> None:
   """Every numeric field of the run against the range its owner declares (one-line errors)."""
-  task = tasks.get(config.get('task', 'classification'))
-  for declared in (RANGES, optim.RANGES, data_fields.RANGES, models.RANGES, task.config_ranges):
+  declared_by = (RANGES, optim.RANGES, data_fields.RANGES, models.RANGES)
+  for declared in (*declared_by, task_class(config).config_ranges):
     ranges.check(config, declared)
 
 
@@ -71,7 +76,7 @@ def load_data(config: ml_collections.ConfigDict) -> tuple[data_lib.Dataset, Any]
   split with the rest as an unlabelled pool (else None)."""
   data = data_lib.load(config.dataset, config.data_dir or None)
   held_out = tuple(config.get('held_out_classes', ()))
-  if held_out and not tasks.get(config.get('task', 'classification')).held_out_classes:
+  if held_out and not task_class(config).held_out_classes:
     raise UserError(
       'config.held_out_classes is for metric learning (config.triplet, configs/triplet.py): a '
       'classifier cannot score classes it has no output for; leave it at ()'
@@ -111,7 +116,7 @@ def build(
 
   `devices`: the devices to run on (default: all devices of all hosts).
   """
-  tasks.get(config.get('task', 'classification'))  # an unknown task fails first
+  task_type = task_class(config)  # an unknown task fails first
   models.create(config.model.name)  # an unknown name fails here, before any data is read
   check_ranges(config)
   runner = parallel.create_runner(config.parallel, devices)
@@ -127,8 +132,7 @@ def build(
       f"config.model.num_classes={num_classes} but dataset '{config.dataset}' has "
       f'{data.num_classes} classes; set it to {data.num_classes} (or -1: take it from the data)'
     )
-  task_class = tasks.get(config.get('task', 'classification'))
-  _check_kinds(config, data.spec, task_class)
+  _check_kinds(config, data.spec, task_type)
   model = create_model(config, num_classes)
   check_input_size(model, config)
   check_total_stride(model, config)
@@ -141,7 +145,7 @@ def build(
   tx = transfer.freeze(optim.create_optimizer(config.optimizer, schedule), config.get('freeze', ''))
   if config.get('init_from') is not None and config.init_from.path:
     transfer.check_source(config.init_from)
-  task = task_class.from_config(
+  task = task_type.from_config(
     tasks.TaskSetup(
       config=config,
       data=data,
