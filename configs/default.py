@@ -17,6 +17,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Data. 'digits' is built locally from scikit-learn's copy: no download, ever.
   config.dataset = 'digits'
   config.data_dir = ''  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  # The split evaluated during training and chosen on: 'validation' (the dataset's own, or a
+  # fixed 10% of its train split that training never sees: cnn_jax/data/specs.py) or 'test'.
+  # The test split is evaluated once more at the end, for the report: summary.json holds
+  # validation_* and test_*.
+  config.eval_split = 'validation'
   config.image_size = 32
   config.image_channels = 3  # grey datasets are tiled to RGB, so one net serves every dataset
   # Part of a classification dataset (datasets.class_subset), e.g. a transfer learning source

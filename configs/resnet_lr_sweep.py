@@ -9,7 +9,8 @@ Five trials, optimizer.lr = 0.25x ... 4x the base config's (0.025 ... 0.4 for th
 ResNet-20), each otherwise the base config (any variant: configs/resnet_lr_sweep.py:cifar10);
 each trial costs what one run of configs/resnet.py costs (its docstring), the sweep five times
 that. --config.sweep.lr_factors='(0.5,1,2)' picks other factors, --config.x=y sets the base.
-Writes runs/.../sweep.{csv,json,md} and sweep.png (test accuracy against the learning rate).
+Writes runs/.../sweep.{csv,json,md} (validation and test accuracy per trial; the learning rate
+chosen on validation) and sweep.png (validation accuracy against the learning rate).
 """
 
 import ml_collections
@@ -22,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   sweep = config.sweep = ml_collections.ConfigDict()
   sweep.lr_factors = (0.25, 0.5, 1.0, 2.0, 4.0)  # times config.optimizer.lr
   sweep.plot_x = 'optimizer.lr'
-  sweep.plot_y = 'test_accuracy'
+  sweep.plot_y = 'validation_accuracy'
   sweep.plot_group = ''
   sweep.plot_stage = -1
   sweep.plot_logx = True

@@ -253,7 +253,7 @@ def evaluate_run(config, workdir: str, cache: dict[str, Any]) -> dict[str, Any]:
   variables = {'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})}
   predict = _predictor(exp, cache)
   result = {}
-  for split, source in (('train', data.train), ('test', data.eval)):
+  for split, source in (('train', data.train), ('test', data.test)):
     logits, labels = _logits(data, source, config, predict, variables)
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
@@ -305,7 +305,7 @@ def knn_claim(data_dir: str) -> dict[str, Any]:
   rows = []
   for size in KNN_SIZES:
     x_train, y_train = pixels(data.train, size)
-    x_test, y_test = pixels(data.eval, size)
+    x_test, y_test = pixels(data.test, size)
     for k in KNN_K:
       t0 = time.perf_counter()
       knn = KNeighborsClassifier(n_neighbors=k).fit(x_train, y_train)

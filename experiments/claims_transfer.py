@@ -153,7 +153,7 @@ def split_sizes(config: ml_collections.ConfigDict) -> tuple[int, int]:
   data = datasets.class_subset(
     data, config.data_classes, config.train_examples_per_class, seed=config.seed
   )
-  return len(data.train), len(data.eval)
+  return len(data.train), len(data.test)
 
 
 def trained_parameters(config: ml_collections.ConfigDict, freeze: str) -> tuple[int, int]:

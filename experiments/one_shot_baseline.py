@@ -27,7 +27,7 @@ def untrained(config) -> dict[str, float]:
     exp = train.build(config, workdir)
     state = exp.runner.put_state(train.initial_state(exp))
     step = functools.partial(train.eval_step, model=exp.model, task=exp.task)
-    return train.evaluate(exp, state, exp.runner.compile_eval(step))
+    return train.evaluate(exp, state, exp.runner.compile_eval(step), 'test')
 
 
 def main() -> None:

@@ -29,3 +29,17 @@ def scenes_dir(data_dir) -> str:
 
   data.load('digit_scenes', data_dir)
   return data_dir
+
+
+@pytest.fixture(scope='session')
+def tfds_dir(tmp_path_factory) -> str:
+  """A tfds data folder with the six datasets of tests/tfds_fixtures.py (mnist, cifar10, cifar100,
+  imagenet2012, oxford_iiit_pet, voc/2007) built by their real tfds builders from small generated
+  sources (about 1 s, plus TensorFlow's import). Built once per test run: under pytest-xdist the
+  workers share one folder beside their own temporary folders (the first builds it under a lock,
+  the others wait)."""
+  import tfds_fixtures
+
+  base = tmp_path_factory.getbasetemp()
+  shared = base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+  return tfds_fixtures.prepare_all_once(str(shared))

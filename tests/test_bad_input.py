@@ -193,13 +193,13 @@ def _folder_with_a_corrupt_image(root):
   from PIL import Image
 
   rng = np.random.default_rng(0)
-  for split in ('train', 'test'):
+  for split in ('train', 'validation', 'test'):
     for label in ('cat', 'dog'):
       (root / split / label).mkdir(parents=True)
       for i in range(4):
         pixels = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(root / split / label / f'{i}.png')
-  for split in ('train', 'test'):
+  for split in ('train', 'validation', 'test'):
     bad = root / split / 'dog' / '2.png'
     bad.write_bytes(bad.read_bytes()[:40])  # cut short: the PNG header survives, the data not
   return data.load(f'folder:{root}')
@@ -218,7 +218,7 @@ def test_corrupt_image_is_named(tmp_path):
   assert message.startswith(f"dataset 'folder:{tmp_path}': example 6 of the train split (")
   assert 'dog/2.png) is not a readable image (' in message
   assert message.endswith('set config.skip_corrupt_images=True to leave such images out (counted)')
-  with pytest.raises(UserError, match=r'example 6 of the eval split \(\S+dog/2.png\)'):
+  with pytest.raises(UserError, match=r'example 6 of the validation split \(\S+dog/2.png\)'):
     list(data.eval_iterator(ds, global_batch=4, image_size=16, channels=3))
 
 
@@ -232,9 +232,10 @@ def test_good_images_pass_the_corrupt_image_check(tmp_path):
 
 def test_skip_corrupt_images_leaves_them_out_and_counts_them(tmp_path):
   ds = data.drop_corrupt_images(_folder_with_a_corrupt_image(tmp_path))
-  assert {k: [i for i, _, _ in v] for k, v in ds.skipped.items()} == {'train': [6], 'eval': [6]}
+  skipped = {k: [i for i, _, _ in v] for k, v in ds.skipped.items()}
+  assert skipped == {'train': [6], 'validation': [6], 'test': [6]}
   assert ds.skipped['train'][0][1].endswith('dog/2.png')
-  assert len(ds.train) == len(ds.eval) == 7
+  assert len(ds.train) == len(ds.validation) == len(ds.test) == 7
   # Every batch decodes now, and a start at step 2 gives the batches an uninterrupted run has
   # there (the same examples are left out at every start): resume stays exact.
   stream = functools.partial(
@@ -260,4 +261,4 @@ def test_training_with_skip_corrupt_images_reports_the_count(tmp_path, data_dir)
     log_every_steps=1,
   )
   summary = train.train_and_evaluate(config, str(tmp_path / 'w'))
-  assert summary['skipped_corrupt_images'] == {'train': 1, 'eval': 1}
+  assert summary['skipped_corrupt_images'] == {'train': 1, 'validation': 1, 'test': 1}

@@ -33,7 +33,7 @@ def test_knn_on_raw_pixels(tmp_path, data_dir):
     (f'{s}x{s}', k) for s in (8, 32) for k in (1, 3, 5)
   ]
   for r in rows:
-    assert (r['train_count'], r['test_count']) == (1437, 360)
+    assert (r['train_count'], r['test_count']) == (1292, 360)
     assert 0.9 < r['test_accuracy'] <= 1.0  # digits: k-NN on pixels is far above chance
   table = (tmp_path / 'out' / 'claims_training.md').read_text()
   assert '## knn' in table and '| 8x8 pixels |' in table
@@ -51,7 +51,7 @@ def test_augmentation_smallest_path_and_resume(tmp_path, data_dir):
   assert sorted(rows) == ['flip', 'none']
   for arm, r in rows.items():
     assert r['status'] == 'done' and r['steps'] == 2 and r['seed'] == 0
-    assert (r['train_count'], r['test_count']) == (1437, 360)
+    assert (r['train_count'], r['test_count']) == (1292, 360)
     assert 0.0 <= r['train_error'] <= 1.0 and r['train_ce'] > 0
     assert len(r['test_class_accuracy']) == 10
     assert [s for s, _ in r['logged_train_loss']] == [2]  # log_every_steps min(10, steps)

@@ -22,17 +22,17 @@ def _images(source, indices):
 
 
 def test_classes_are_kept_and_relabelled_in_the_given_order(digits):
-  train_labels, eval_labels = source_labels(digits.train), source_labels(digits.eval)
+  train_labels, eval_labels = source_labels(digits.train), source_labels(digits.test)
   sub = class_subset(digits, (7, 2, 9))
   assert sub.num_classes == 3 and digits.num_classes == 10
-  for split, labels in ((sub.train, train_labels), (sub.eval, eval_labels)):
+  for split, labels in ((sub.train, train_labels), (sub.test, eval_labels)):
     members = np.flatnonzero(np.isin(labels, (7, 2, 9)))  # every example of the classes
     assert len(split) == members.size
     # 7 -> 0, 2 -> 1, 9 -> 2, the images unchanged and in split order.
     want = np.select([labels[members] == 7, labels[members] == 2], [0, 1], 2)
     assert np.array_equal(source_labels(split), want)
-  source = digits.eval
-  assert _images(sub.eval, range(5)) == _images(
+  source = digits.test
+  assert _images(sub.test, range(5)) == _images(
     source, np.flatnonzero(np.isin(eval_labels, (7, 2, 9)))[:5]
   )
   # The batches the trainer reads carry the new labels.
@@ -44,7 +44,7 @@ def test_examples_per_class_are_a_stratified_deterministic_draw(digits):
   train_labels = source_labels(digits.train)
   sub = class_subset(digits, (5, 6, 7, 8, 9), per_class=4, seed=0)
   assert np.array_equal(np.bincount(source_labels(sub.train)), [4] * 5)
-  assert len(sub.eval) == np.isin(source_labels(digits.eval), range(5, 10)).sum()  # all of them
+  assert len(sub.test) == np.isin(source_labels(digits.test), range(5, 10)).sum()  # all of them
   assert np.all(np.diff(sub.train.indices) > 0)  # split order
   assert set(train_labels[sub.train.indices]) == {5, 6, 7, 8, 9}
   again = class_subset(digits, (5, 6, 7, 8, 9), per_class=4, seed=0)
@@ -58,7 +58,7 @@ def test_examples_per_class_are_a_stratified_deterministic_draw(digits):
   )
   # Every class, fewer examples: labels unchanged, eval untouched.
   few = class_subset(digits, (), per_class=3, seed=2)
-  assert few.num_classes == 10 and few.eval is digits.eval
+  assert few.num_classes == 10 and few.test is digits.test
   assert np.array_equal(np.bincount(source_labels(few.train)), [3] * 10)
   assert np.array_equal(source_labels(few.train), train_labels[few.train.indices])
   # The largest count a class holds (digits: 139..146 a class) takes all of that class.
@@ -120,7 +120,7 @@ def test_the_trainer_builds_on_the_subset(tmp_path, data_dir):
   )
   exp = train.build(config, str(tmp_path / 'run'))
   assert exp.num_classes == 3 and len(exp.data.train) == 18
-  assert exp.data.num_classes == 3 and set(source_labels(exp.data.eval)) == {0, 1, 2}
+  assert exp.data.num_classes == 3 and set(source_labels(exp.data.test)) == {0, 1, 2}
   config = helpers.tiny_config(data_dir, data_classes=(1, 12))
   with pytest.raises(UserError, match='12 is not a class id'):
     train.build(config, str(tmp_path / 'bad'))

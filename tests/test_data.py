@@ -1,5 +1,7 @@
 """The input pipeline: digits built offline, batches a function of (seed, step), host shards."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,9 @@ def _train(ds, **kw):
 
 def test_digits_split_is_stratified_and_fixed(data_dir):
   ds = data.load('digits', data_dir)
-  assert (len(ds.train), len(ds.eval), ds.num_classes, ds.channels) == (1437, 360, 10, 1)
+  # The builder's 1,437 train digits: 1,292 train, 145 (14-15 a class) held out for validation.
+  sizes = (len(ds.train), len(ds.validation), len(ds.test), ds.num_classes, ds.channels)
+  assert sizes == (1292, 145, 360, 10, 1)
   idx = digits.split_indices()
   assert not set(idx['train']) & set(idx['test'])
   from sklearn.datasets import load_digits
@@ -27,16 +31,16 @@ def test_digits_split_is_stratified_and_fixed(data_dir):
 
 def test_batches_are_a_function_of_seed_and_step(data_dir):
   ds = data.load('digits', data_dir)
-  full = _train(ds, num_steps=50)  # 50 * 32 > 1437: crosses an epoch boundary
+  full = _train(ds, num_steps=50)  # 50 * 32 > 1292: crosses an epoch boundary
   resumed = _train(ds, start_step=45, num_steps=50)
   for a, b in zip(full[45:], resumed, strict=True):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
   other_seed = _train(ds, seed=1, num_steps=1)
   assert not np.array_equal(full[0]['label'], other_seed[0]['label'])
-  # Each epoch visits every example once: labels of the first 1437 positions = the split's.
-  labels = np.concatenate([b['label'] for b in full])[:1437]
-  split_labels = [r['label'] for r in ds.train.__getitems__(list(range(1437)))]
+  # Each epoch visits every example once: labels of the first 1292 positions = the split's.
+  labels = np.concatenate([b['label'] for b in full])[:1292]
+  split_labels = [r['label'] for r in ds.train.__getitems__(list(range(1292)))]
   np.testing.assert_array_equal(np.bincount(labels), np.bincount(split_labels))
 
 
@@ -71,7 +75,7 @@ def test_each_host_reads_only_its_share(data_dir):
   read = []
   for host in range(2):
     recording = _Recording(ds.train)
-    ds_host = data.Dataset(ds.name, ds.spec, recording, ds.eval, ds.num_classes, ds.channels)
+    ds_host = dataclasses.replace(ds, train=recording)
     mine = _train(ds_host, num_steps=4, process_index=host, process_count=2)
     for a, b in zip(whole, mine, strict=True):
       np.testing.assert_array_equal(a['image'][16 * host : 16 * (host + 1)], b['image'])
@@ -80,12 +84,29 @@ def test_each_host_reads_only_its_share(data_dir):
   assert not read[0] & read[1]
 
 
-def test_eval_covers_the_split_once(data_dir):
+@pytest.mark.parametrize('split,count', [('validation', 145), ('test', 360)])
+def test_eval_covers_the_split_once(data_dir, split, count):
   ds = data.load('digits', data_dir)
-  batches = list(data.eval_iterator(ds, global_batch=64, image_size=16, channels=3))
-  assert len(batches) == data.eval_steps(ds, 64) == 6
-  assert sum(b['mask'].sum() for b in batches) == 360
-  assert batches[-1]['mask'][: 360 - 5 * 64].all() and not batches[-1]['mask'][360 - 5 * 64 :].any()
+  batches = list(data.eval_iterator(ds, global_batch=64, image_size=16, channels=3, split=split))
+  steps = -(-count // 64)
+  assert len(batches) == data.eval_steps(ds, 64, split=split) == steps
+  assert sum(b['mask'].sum() for b in batches) == count
+  last = count - (steps - 1) * 64
+  assert batches[-1]['mask'][:last].all() and not batches[-1]['mask'][last:].any()
+
+
+def test_validation_is_a_fixed_stratified_part_of_train(data_dir, tmp_path):
+  from cnn_jax.data.datasets import source_labels
+
+  ds = data.load('digits', data_dir)
+  again = data.load('digits', str(tmp_path))  # another build, another process's view
+  train, validation = ds.train.indices, ds.validation.indices
+  assert not set(train) & set(validation) and len(train) + len(validation) == 1437
+  np.testing.assert_array_equal(validation, again.validation.indices)
+  held = np.bincount(source_labels(ds.validation), minlength=10)
+  whole = held + np.bincount(source_labels(ds.train), minlength=10)
+  # 10% of each class, halves rounded up: 14 or 15 of 142-146.
+  np.testing.assert_array_equal(held, np.floor(0.1 * whole + 0.5))
 
 
 def test_unknown_dataset_suggests_names(data_dir):
@@ -111,7 +132,8 @@ def test_image_folder(tmp_path):
         pixels = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(tmp_path / split / label / f'{i}.png')
   ds = data.load(f'folder:{tmp_path}')
-  assert (len(ds.train), len(ds.eval), ds.num_classes) == (6, 4, 2)
+  # No validation/ folder: 1 of each class's 3 training images is held out for validation.
+  assert (len(ds.train), len(ds.validation), len(ds.test), ds.num_classes) == (4, 2, 4, 2)
   batch = next(
     data.train_iterator(
       ds, seed=0, global_batch=4, start_step=0, num_steps=1, image_size=16, channels=3

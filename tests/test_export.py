@@ -58,7 +58,7 @@ def test_saved_model_gives_the_jax_logits(tiny_run, data_dir, capsys):
     assert got.shape == (n, 10)
     np.testing.assert_allclose(got, logits(variables, images), rtol=0, atol=1e-5)
   # File bytes in, the eval preprocessing inside the graph.
-  encoded = [r['image'] for r in exp.data.eval.__getitems__(list(range(8)))]
+  encoded = [r['image'] for r in exp.data.validation.__getitems__(list(range(8)))]
   got = loaded.signatures['serving_encoded'](encoded=tf.constant(encoded))['logits'].numpy()
   np.testing.assert_allclose(got, logits(variables, batch['image']), rtol=0, atol=1e-5)
   assert 0 <= max(info['max_abs_diff'].values()) <= 1e-5

@@ -81,7 +81,7 @@ def tiny_run(tmp_path_factory, data_dir) -> str:
 def test_predict_is_the_eval_path(tiny_run, data_dir, tmp_path):
   config = two_step_config(data_dir)
   data = data_lib.load('digits', data_dir)
-  paths = write_pngs(data.eval.__getitems__([0, 1, 2]), tmp_path / 'images')
+  paths = write_pngs(data.validation.__getitems__([0, 1, 2]), tmp_path / 'images')
   images, logits = eval_path(config, tiny_run, 3)
   # The same normalised inputs, bit for bit, as eval_iterator gives the model.
   preprocess = predict.eval_preprocess(data, config)
@@ -104,7 +104,7 @@ def test_cli_prints_what_it_writes(tiny_run, data_dir, tmp_path, capsys):
   """main.py's path (cli.run) with a step folder for --workdir and a glob for --inputs: one line
   per image, the top-k of predictions.json."""
   data = data_lib.load('digits', data_dir)
-  paths = write_pngs(data.eval.__getitems__([3, 4]), tmp_path / 'images')
+  paths = write_pngs(data.validation.__getitems__([3, 4]), tmp_path / 'images')
   out = tmp_path / 'out'
   step_dir = os.path.join(tiny_run, 'checkpoints', '2')
   inputs = [str(tmp_path / 'images' / '*.png')]
@@ -129,7 +129,7 @@ def test_cli_prints_what_it_writes(tiny_run, data_dir, tmp_path, capsys):
 
 def test_another_config_is_refused(tiny_run, data_dir, tmp_path):
   data = data_lib.load('digits', data_dir)
-  paths = write_pngs(data.eval.__getitems__([0]), tmp_path / 'images')
+  paths = write_pngs(data.validation.__getitems__([0]), tmp_path / 'images')
   config = two_step_config(data_dir)
   config.model.name = 'resnet20'
   with pytest.raises(UserError, match="trained with another config .*model.name: 'resnet_tiny'"):
@@ -192,7 +192,7 @@ def test_default_config_cli_prints_the_eval_classes(tmp_path_factory, data_dir, 
   config = default_config(data_dir)
   workdir = trained_run(tmp_path_factory, 'predict_resnet20', config)
   data = data_lib.load('digits', data_dir)
-  paths = write_pngs(data.eval.__getitems__([0, 1, 2]), tmp_path / 'images')
+  paths = write_pngs(data.validation.__getitems__([0, 1, 2]), tmp_path / 'images')
   _, logits = eval_path(config, workdir, 3)
   args = ['--config=configs/resnet.py', f'--workdir={workdir}', '--mode=predict']
   args += [f'--config.{k}={v}' for k, v in DEFAULT_OVERRIDES.items()]
@@ -217,7 +217,7 @@ def test_segmentation_writes_masks_and_overlays(tmp_path_factory, data_dir, tmp_
   config.batch_size, config.eval_batch_size = 8, 100
   config.num_train_steps = config.log_every_steps = config.checkpoint_every_steps = 2
   workdir = trained_run(tmp_path_factory, 'predict_unet', config)
-  paths = write_pngs(data.eval.__getitems__([0, 1]), tmp_path / 'scenes')
+  paths = write_pngs(data.validation.__getitems__([0, 1]), tmp_path / 'scenes')
   _, logits = eval_path(config, workdir, 2)
   out = tmp_path / 'masks'
   result = predict.predict(config, workdir, paths, output=str(out))

@@ -54,10 +54,10 @@ def _triplet(data_dir: str, **overrides):
 
 def test_digit_boxes_batches_hold_each_digits_box_and_class(scenes_dir):
   ds = data.load('digit_boxes', scenes_dir)
-  assert (ds.num_classes, ds.spec.task, len(ds.eval)) == (10, 'detection', 500)
-  batch = next(data.eval_iterator(ds, global_batch=8, image_size=32, channels=1))
+  assert (ds.num_classes, ds.spec.task, len(ds.test)) == (10, 'detection', 500)
+  batch = next(data.eval_iterator(ds, global_batch=8, image_size=32, channels=1, split='test'))
   assert batch['image'].shape == (8, 32, 32, 1) and batch['boxes'].shape == (8, 3, 4)
-  for i, record in enumerate(ds.eval.__getitems__(list(range(8)))):
+  for i, record in enumerate(ds.test.__getitems__(list(range(8)))):
     scene_id = int(record['scene_id'])  # tfds stores the scenes in an order of its own
     scene = digit_scenes.render_scene(
       digit_scenes.scene_rng('test', scene_id), *_pool_images_labels('test')
@@ -93,14 +93,14 @@ def test_yolo_recipe_trains_and_scores_map_whatever_the_eval_padding(scenes_dir,
   # 500 test scenes in batches of 24 over 4 devices: the last batch is padded (mask 0); the
   # gathered rows of the padding must not count.
   again = train.restore_and_evaluate(_yolo(scenes_dir, eval_batch_size=24), workdir)
-  assert again['map50'] == pytest.approx(summary['test_map50'], abs=1e-6)
-  assert again['loss'] == pytest.approx(summary['test_loss'], rel=1e-5)
+  assert again['map50'] == pytest.approx(summary['validation_map50'], abs=1e-6)
+  assert again['loss'] == pytest.approx(summary['validation_loss'], rel=1e-5)
   # --mode=predict on three test scenes saved as PNG files gives the eval path's detections.
   from cnn_jax.inference import predict
 
   config = _yolo(scenes_dir)
   exp = train.build(config, workdir)
-  records = exp.data.eval.__getitems__([0, 1, 2])
+  records = exp.data.validation.__getitems__([0, 1, 2])
   folder = tmp_path / 'scenes'
   folder.mkdir()
   for i, r in enumerate(records):
@@ -143,12 +143,12 @@ def test_held_out_classes_join_the_eval_split_only(data_dir):
   ds = data.load('digits', data_dir)
   sub = data.class_subset(ds, (0, 1, 2), held_out=(7, 9))
   train_labels = data.datasets.source_labels(sub.train)
-  eval_labels = data.datasets.source_labels(sub.eval)
-  original = data.datasets.source_labels(ds.eval)
+  eval_labels = data.datasets.source_labels(sub.test)
+  original = data.datasets.source_labels(ds.test)
   assert set(train_labels) == {0, 1, 2} and sub.num_classes == 3
   assert set(eval_labels) == {0, 1, 2, 3, 4}  # 7 -> 3, 9 -> 4
   assert np.sum(eval_labels == 4) == np.sum(original == 9)
-  assert len(sub.eval) == np.isin(original, (0, 1, 2, 7, 9)).sum()
+  assert len(sub.test) == np.isin(original, (0, 1, 2, 7, 9)).sum()
 
 
 def test_detection_finalize_scores_real_rows_only():

@@ -32,15 +32,15 @@ def _train(ds, **kw):
 def test_labeled_split_is_stratified_disjoint_and_fixed(digits, split):
   labelled, pool = split
   labels = source_labels(digits.train)
-  counts = np.bincount(labels)  # 1437 train digits, 139..146 per class
-  expected = np.floor(0.1 * counts + 0.5).astype(int)  # 14 or 15 per class
+  counts = np.bincount(labels)  # 1292 train digits (validation held out), 128..132 per class
+  expected = np.floor(0.1 * counts + 0.5).astype(int)  # 13 per class
   assert np.array_equal(np.bincount(labels[labelled.train.indices], minlength=10), expected)
   assert len(labelled.train) == expected.sum() and len(pool) == len(digits.train) - expected.sum()
   both = np.concatenate([labelled.train.indices, pool.indices])
   assert np.array_equal(np.sort(both), np.arange(len(digits.train)))  # a partition
   assert np.all(np.diff(labelled.train.indices) > 0) and np.all(np.diff(pool.indices) > 0)
   # Everything but the train split is the dataset's own.
-  assert labelled.eval is digits.eval and labelled.spec == digits.spec and digits.train is not None
+  assert labelled.test is digits.test and labelled.spec == digits.spec and digits.train is not None
   # The pool keeps its labels (for measuring pseudo-labels, never for training).
   assert [r['label'] for r in pool.__getitems__([0, 7])] == list(labels[pool.indices[[0, 7]]])
   again, _ = data.labeled_split(digits, 0.1, seed=0)
@@ -74,8 +74,8 @@ def test_subset(digits):
   assert [r['label'] for r in got] == [r['label'] for r in want]
   nested = data.Subset(sub, [1])
   assert nested.__getitems__([0])[0]['image'] == want[1]['image']
-  with pytest.raises(ValueError, match=r'Subset index 1437 outside the source \[0, 1437\)'):
-    data.Subset(digits.train, [0, 1437])
+  with pytest.raises(ValueError, match=r'Subset index 1292 outside the source \[0, 1292\)'):
+    data.Subset(digits.train, [0, 1292])
 
 
 def test_randaugment_in_training(digits):

@@ -27,7 +27,11 @@ def _train(data, start_step=0, **kw):
 
 def test_batches_are_a_pure_function_of_seed_and_step():
   data = data_lib.load('synthetic:7')
-  assert data.num_classes == 7 and len(data.train) == 12_800 and len(data.eval) == 1_024
+  assert (
+    data.num_classes == 7
+    and len(data.train) == 12_800
+    and len(data.validation) == len(data.test) == 1_024
+  )
   first = _train(data)
   assert first[0]['image'].shape == (8, 5, 5, 2) and first[0]['image'].dtype == np.float32
   assert first[0]['label'].max() < 7 and first[0]['label'].dtype == np.int32
@@ -104,4 +108,4 @@ def test_trains_evaluates_and_resumes_without_tensorflow(tmp_path):
     r['loss'] for r in helpers.metric_rows(str(parts)) if r['split'] == 'train'
   ][-3:]
   evaluated = json.loads(main(whole, 6, mode='eval').stdout)
-  assert evaluated['step'] == 6 and evaluated['accuracy'] == first['test_accuracy']
+  assert evaluated['step'] == 6 and evaluated['accuracy'] == first['validation_accuracy']

@@ -192,7 +192,7 @@ def test_each_numeric_field_out_of_range_is_one_line(field, data_dir):
     ),
     (
       ['--config.image_size=1'],
-      "error: config.image_size=1 is smaller than model 'resnet20' downsamples",
+      "error: config.image_size=1 is less than half of what model 'resnet20' downsamples",
     ),
     (
       ['--config=configs/does_not_exist.py'],

@@ -37,11 +37,11 @@ def test_train_then_eval(tmp_path, data_dir):
   rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert [(r['step'], r['split']) for r in rows] == [
     (2, 'train'),
-    (3, 'test'),
+    (3, 'validation'),
     (4, 'train'),
     (6, 'train'),
-    (6, 'test'),
-    (6, 'test'),
+    (6, 'validation'),  # the scheduled evaluation of the last step is the final one
+    (6, 'test'),  # read once, at the end
   ]
   assert {'loss', 'accuracy', 'lr', 'images_per_sec'} <= set(rows[0])
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['3', '6'] or sorted(
@@ -50,7 +50,7 @@ def test_train_then_eval(tmp_path, data_dir):
   assert os.listdir(os.path.join(workdir, 'tensorboard', 'train'))
   # Eval mode restores the last checkpoint and gets the same accuracy.
   again = train.restore_and_evaluate(_tiny(data_dir), workdir)
-  assert again['step'] == 6 and again['accuracy'] == pytest.approx(result['test_accuracy'])
+  assert again['step'] == 6 and again['accuracy'] == pytest.approx(result['validation_accuracy'])
   # A finished run relaunched trains no further: its summary, unchanged.
   assert train.train_and_evaluate(_tiny(data_dir), workdir) == result
 

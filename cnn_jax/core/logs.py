@@ -43,7 +43,8 @@ def _step(line: str) -> float:
 
 
 class MetricWriter:
-  """One row per (step, split): {'step': ..., 'split': 'train'|'test', name: value, ...}."""
+  """One row per (step, split): {'step': ..., 'split': 'train'|'validation'|'test', name: value,
+  ...}; TensorBoard's runs tensorboard/train, tensorboard/validation and tensorboard/test."""
 
   def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
@@ -58,7 +59,7 @@ class MetricWriter:
       write_atomically(self.path, ''.join(rows))  # a kill now loses no row
     self._tb = {
       split: _summary_writer(os.path.join(workdir, 'tensorboard', split))
-      for split in ('train', 'test')
+      for split in ('train', 'validation', 'test')
     }
 
   def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:

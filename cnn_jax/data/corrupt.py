@@ -12,6 +12,7 @@ from cnn_jax.core.errors import UserError
 from cnn_jax.core.quiet_tf import tf
 from cnn_jax.data.codecs import codec_of
 from cnn_jax.data.datasets import Dataset, Source, Subset
+from cnn_jax.data.sources import SPLITS
 
 Batch = dict[str, np.ndarray]
 LabelReader = str | Callable[[dict[str, Any]], Any]
@@ -67,14 +68,15 @@ _SCAN_CHUNK = 1024  # records decoded per read when scanning a split: bounded me
 def drop_corrupt_images(data: Dataset) -> Dataset:
   """`data` without the examples whose image (or label map) does not decode.
 
-  For config.skip_corrupt_images. Every record of both splits is decoded once, on the host,
+  For config.skip_corrupt_images. Every record of the three splits is decoded once, on the host,
   before training (a second or two for the offline datasets; a long pass for ImageNet-sized
   ones). The examples left keep their order and the same ones are left at every start, so a
   resumed run still sees exactly the batches of an uninterrupted one. The indices left out are
   in the result's `skipped` ({split: [(index, file name, reason), ...]}), each logged.
   """
   skipped, splits = {}, {}
-  for split, source in (('train', data.train), ('eval', data.eval)):
+  for split in SPLITS:
+    source = data.split(split)
     bad = []
     for start in range(0, len(source), _SCAN_CHUNK):
       indices = list(range(start, min(start + _SCAN_CHUNK, len(source))))

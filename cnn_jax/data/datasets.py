@@ -177,11 +177,11 @@ def class_subset(
       () keeps every class (and its label).
     per_class: a stratified draw of that many training examples of each kept class, with NumPy
       from (seed, the class's id in `data`), as labeled_split draws; -1 keeps them all. The
-      eval split always keeps every example of the kept classes.
+      validation and test splits keep every example of the kept classes.
     seed: of the draw (the run's config.seed: each seed labels other examples).
-    held_out: classes never trained on whose eval examples join the eval split, labelled
-      len(classes) .. len(classes) + len(held_out) - 1 in the order given (one-shot learning:
-      config.held_out_classes); needs `classes`.
+    held_out: classes never trained on whose validation and test examples join those splits,
+      labelled len(classes) .. len(classes) + len(held_out) - 1 in the order given (one-shot
+      learning: config.held_out_classes); needs `classes`.
 
   Returns:
     `data` itself when classes is () and per_class -1; else a copy whose splits list their
@@ -213,11 +213,16 @@ def class_subset(
   if not classes:  # every class, labels unchanged: only the train split shrinks
     return dataclasses.replace(data, train=Subset(data.train, train_indices))
   new_label = {c: i for i, c in enumerate([*kept, *(int(c) for c in held_out)])}
-  eval_indices = np.flatnonzero(np.isin(source_labels(data.eval), list(new_label)))
+
+  def relabelled(source: Source) -> Relabelled:
+    indices = np.flatnonzero(np.isin(source_labels(source), list(new_label)))
+    return Relabelled(source, indices, new_label)
+
   return dataclasses.replace(
     data,
     train=Relabelled(data.train, train_indices, new_label),
-    eval=Relabelled(data.eval, eval_indices, new_label),
+    validation=relabelled(data.validation),
+    test=relabelled(data.test),
     num_classes=len(kept),
   )
 
@@ -260,26 +265,56 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
   skip = {'image': tfds.decode.SkipDecoding()}
   if spec.segmentation:
     skip[spec.mask_feature] = tfds.decode.SkipDecoding()
+  splits = [spec.train_split, spec.validation_split, spec.test_split]
   try:
-    train = builder.as_data_source(spec.train_split, decoders=skip)
-    eval_ = builder.as_data_source(spec.eval_split, decoders=skip)
+    train, validation, test = (
+      builder.as_data_source(s, decoders=skip) if s else None for s in splits
+    )
   except (ValueError, NotImplementedError) as e:
     how = TFDS_BUILD.format(name=spec.tfds_name, data_dir=data_dir)
     raise UserError(
       f"dataset '{name}' in {data_dir} is not in array_record format, which random access "
       f'needs ({e}); rebuild it with: {how}'
     ) from e
+  if validation is None:
+    train, validation = hold_out(train, spec.validation_fraction)
   features = builder.info.features
   return Dataset(
     name=name,
     spec=spec,
     train=train,
-    eval=eval_,
+    validation=validation,
+    test=test,
     num_classes=spec.num_classes
     if spec.task != 'classification'
     else features['label'].num_classes,
     channels=features['image'].shape[-1],
   )
+
+
+_VALIDATION_SEED = 7_919  # hold_out's draws: not a stream any config.seed draws from
+
+
+def hold_out(train: Source, fraction: float) -> tuple[Subset, Subset]:
+  """The train split cut in two: (what trains, the validation split).
+
+  Class c with n_c examples gives max(1, round(fraction * n_c)) of them to validation (halves
+  round up), at most n_c - 1, drawn with NumPy from (_VALIDATION_SEED, c): stratified on the
+  records' 'label', or a plain draw of round(fraction * n) where records have none (scenes,
+  boxes). The same parts for every run; both list their examples in train-split order.
+  """
+  n = len(train)
+  labelled = n > 0 and 'label' in train.__getitems__([0])[0]
+  labels = source_labels(train) if labelled else np.zeros(n, np.int64)
+  held = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    share = math.floor(fraction * members.size + 0.5)
+    keep = max(0, min(max(1, share) if labelled else share, members.size - 1))
+    rng = np.random.default_rng((_VALIDATION_SEED, int(c)))
+    held.append(rng.choice(members, keep, replace=False))
+  held = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+  return Subset(train, np.setdiff1d(np.arange(n), held)), Subset(train, held)
 
 
 def _local_builder_class(name: str) -> type[tfds.core.DatasetBuilder]:
@@ -310,7 +345,8 @@ def _prepare_local(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 
 
 def _load_folder(name: str, root: str) -> Dataset:
-  """A folder root/{train,test}/<class name>/<image>, read with tfds's ImageFolder."""
+  """A folder root/{train,test}/<class name>/<image> (and root/validation/... if the user keeps
+  one; else a part of train is held out, as for tfds datasets), read with tfds's ImageFolder."""
   if not os.path.isdir(root):
     raise UserError(
       f"dataset '{name}': {root} is not a folder; expected {root}/train/<class>/<image> "
@@ -319,7 +355,7 @@ def _load_folder(name: str, root: str) -> Dataset:
   builder = tfds.ImageFolder(root)
   splits = builder.info.splits
   spec = FOLDER_SPEC
-  for split in (spec.train_split, spec.eval_split):
+  for split in (spec.train_split, spec.test_split):
     if split not in splits:
       raise UserError(
         f"dataset '{name}': no '{split}' sub-folder in {root} (found: {', '.join(splits)})"
@@ -330,11 +366,17 @@ def _load_folder(name: str, root: str) -> Dataset:
     examples = sorted(tfds.as_numpy(ds), key=lambda ex: ex['image/filename'])  # fixed order
     return _InMemorySource(examples)
 
+  train = read(spec.train_split)
+  if 'validation' in splits:
+    validation = read('validation')
+  else:
+    train, validation = hold_out(train, spec.validation_fraction)
   return Dataset(
     name=name,
     spec=spec,
-    train=read(spec.train_split),
-    eval=read(spec.eval_split),
+    train=train,
+    validation=validation,
+    test=read(spec.test_split),
     num_classes=builder.info.features['label'].num_classes,
     channels=3,
   )

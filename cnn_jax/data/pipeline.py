@@ -215,9 +215,11 @@ def train_iterator(
   )
 
 
-def eval_steps(data: Dataset, global_batch: int, source: Source | None = None) -> int:
-  """Batches in one pass over `source` (default: the eval split)."""
-  return -(-len(data.eval if source is None else source) // global_batch)
+def eval_steps(
+  data: Dataset, global_batch: int, source: Source | None = None, split: str = 'validation'
+) -> int:
+  """Batches in one pass over `source` (default: the split called `split`)."""
+  return -(-len(data.split(split) if source is None else source) // global_batch)
 
 
 def eval_iterator(
@@ -228,14 +230,19 @@ def eval_iterator(
   channels: int,
   process_index: int = 0,
   process_count: int = 1,
+  split: str = 'validation',
   source: Source | None = None,
 ) -> Iterator[Batch]:
-  """This host's share of the eval set (or `source`) in order; the last batch padded, mask 0.
+  """This host's share of `split` ('validation' or 'test'; or of `source`, a part of the train
+  split) in order; the last batch padded, mask 0.
 
   Eval preprocessing: no augmentation. Segmentation: padded examples' label maps are all
   ignore_label as well.
   """
-  source = data.eval if source is None else source
+  if source is None:
+    source = data.split(split)
+  else:
+    split = 'train'  # the pool: a part of the train split
   mine = _local_slice(global_batch, process_index, process_count)
   n = len(source)
   gen = functools.partial(
@@ -251,7 +258,6 @@ def eval_iterator(
   pre = _preprocess_fn(data, image_size=image_size, channels=channels, train=False)
   batches = _to_tf(gen, len(mine), pre, 0, data.spec, codec_of(data.spec)).as_numpy_iterator()
   steps = range(eval_steps(data, global_batch, source))
-  split = 'eval' if source is data.eval else 'train'  # the pool: a part of the train split
   indices = lambda s: np.minimum(s * global_batch + mine, n - 1)  # noqa: E731 (padding: n - 1)
   return name_corrupt_images(batches, data, source, split, indices, steps)
 

@@ -20,17 +20,31 @@ class Source(Protocol):
   def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]: ...
 
 
+SPLITS = ('train', 'validation', 'test')
+EVAL_SPLITS = ('validation', 'test')  # what config.eval_split may name
+
+
 @dataclasses.dataclass
 class Dataset:
+  """A dataset's three splits. `validation` chooses (learning rates, sweeps, pseudo-label
+  thresholds); `test` is read once, at the end of a run, for the report."""
+
   name: str
   spec: DatasetSpec
   train: Source
-  eval: Source
+  validation: Source
+  test: Source
   num_classes: int  # segmentation: including background (digit_scenes: 11)
   channels: int  # of the stored images
   # Examples left out as unreadable (pipeline.drop_corrupt_images): {split: [(index, file,
   # reason), ...]}; empty unless config.skip_corrupt_images.
   skipped: dict[str, list[tuple[int, str, str]]] = dataclasses.field(default_factory=dict)
+
+  def split(self, name: str) -> Source:
+    """The split called `name` ('train', 'validation' or 'test')."""
+    if name not in SPLITS:
+      raise ValueError(f'unknown split {name!r}; use one of {", ".join(map(repr, SPLITS))}')
+    return getattr(self, name)
 
 
 class Subset:

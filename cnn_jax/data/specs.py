@@ -15,8 +15,8 @@ class DatasetSpec:
   """How a dataset is read and preprocessed."""
 
   tfds_name: str
-  train_split: str
-  eval_split: str
+  train_split: str  # tfds split names, slices allowed ('train[:99%]')
+  test_split: str  # read once, at the end of a run (config.eval_split='validation')
   mean: tuple[float, ...]  # per channel, of images scaled to [0, 1]
   std: tuple[float, ...]
   # 'shift' | 'crop_flip' | 'inception_crop_flip'; segmentation: 'scale_crop' | 'none' (augment.py)
@@ -46,6 +46,12 @@ class DatasetSpec:
   # many boxes a batch row holds (images with more keep the first max_boxes).
   boxes_format: str = ''
   max_boxes: int = 0
+  # The validation split: a tfds split of its own, or ('') a deterministic part of the train
+  # split that training never sees: validation_fraction of each class (stratified on 'label'
+  # where records have one, else of the whole split), drawn once from a fixed seed, the same for
+  # every run and config.seed (datasets.hold_out).
+  validation_split: str = ''
+  validation_fraction: float = 0.1
 
   @property
   def segmentation(self) -> bool:
@@ -112,9 +118,12 @@ DATASETS: dict[str, DatasetSpec] = {
     how_to_prepare=TFDS_BUILD,
     max_translate=_CIFAR_TRANSLATE,
   ),
+  # Validation: the last 1% of tfds's train split (12,811 images), big_vision's "minival":
+  # tfds shuffles the split when it builds it, so a slice is nearly stratified, and 1.28 M labels
+  # are not read at every start. Test: the official 50,000 validation images.
   'imagenet2012': DatasetSpec(
     'imagenet2012',
-    'train',
+    'train[:99%]',
     'validation',
     _IMAGENET_MEAN,
     _IMAGENET_STD,
@@ -123,6 +132,7 @@ DATASETS: dict[str, DatasetSpec] = {
     1000,
     how_to_prepare='put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in '
     '{data_dir}/downloads/manual, then run: ' + TFDS_BUILD,
+    validation_split='train[99%:]',
   ),
   # Segmentation. Built here (digit_scenes.py): background + 10 digit classes on a 64x64 canvas,
   # 94% of the pixels background, about 0.6% each digit class; mean/std of its train images
@@ -157,11 +167,13 @@ DATASETS: dict[str, DatasetSpec] = {
     boxes_format='digit_scenes',
     max_boxes=3,
   ),
-  # PASCAL VOC 2007 detection (tfds 'voc/2007': trainval 5,011 / test 4,952 images, 20 classes);
-  # 'difficult' objects count as ordinary ones. Images hold at most 42 objects.
+  # PASCAL VOC 2007 detection (tfds 'voc/2007': train 2,501 / validation 2,510 / test 4,952
+  # images, 20 classes); 'difficult' objects count as ordinary ones. Images hold at most 42
+  # objects. VOC's own val split chooses, so train alone trains (the papers train their final
+  # models on train+val).
   'voc': DatasetSpec(
     'voc/2007',
-    'train+validation',
+    'train',
     'test',
     _IMAGENET_MEAN,
     _IMAGENET_STD,
@@ -172,6 +184,7 @@ DATASETS: dict[str, DatasetSpec] = {
     task='detection',
     boxes_format='tfds_objects',
     max_boxes=42,
+    validation_split='validation',
   ),
   # Trimaps stored 1 = pet, 2 = background, 3 = border (unsure): background 0, pet 1, and the
   # border ignored (255), the usual practice (its pixels are neither, by the annotators' own mark).

@@ -7,9 +7,9 @@ accelerator checks (as big_vision's and the Flax examples' fake data).
 Images take the run's config.image_size and config.image_channels: standard-normal pixels (as if
 already normalised), float32; labels uniform over the classes. A batch is a pure function of
 (seed, step) — the global batch is drawn whole and each host takes its rows — so resume is exact as
-with real data. The train split counts 12,800 examples (100 steps an epoch at batch 128), the eval
-split 1,024, drawn from a fixed stream of their own. Classification only; no augmentation, class
-subsets or corrupt-image scans (there is nothing to read).
+with real data. The train split counts 12,800 examples (100 steps an epoch at batch 128), the
+validation and test splits 1,024 each, each drawn from a fixed stream of its own. Classification
+only; no augmentation, class subsets or corrupt-image scans (there is nothing to read).
 """
 
 from collections.abc import Iterator, Sequence
@@ -24,7 +24,8 @@ from cnn_jax.data.specs import DatasetSpec
 NAME = 'synthetic'
 TRAIN_SIZE = 12_800
 EVAL_SIZE = 1_024
-_EVAL_STREAM = 1  # the eval split's draws: another stream than any training step's
+# The eval splits' draws: streams no training step draws from.
+_EVAL_STREAMS = {'validation': 1, 'test': 2}
 Batch = dict[str, np.ndarray]
 
 
@@ -59,7 +60,8 @@ def load(name: str) -> Dataset:
   spec = DatasetSpec(
     NAME, 'train', 'test', (0.0,), (1.0,), 'none', 'resize', num_classes=num_classes
   )
-  return Dataset(name, spec, _Count(TRAIN_SIZE), _Count(EVAL_SIZE), num_classes, 0)
+  splits = _Count(TRAIN_SIZE), _Count(EVAL_SIZE), _Count(EVAL_SIZE)
+  return Dataset(name, spec, *splits, num_classes, 0)
 
 
 def _draw(rng: np.random.Generator, n: int, size: int, channels: int, classes: int) -> Batch:
@@ -103,14 +105,16 @@ def eval_iterator(
   channels: int,
   process_index: int = 0,
   process_count: int = 1,
+  split: str = 'validation',
 ) -> Iterator[Batch]:
-  """The eval split in batches of global_batch (the last one padded, mask 0); the same images at
-  every evaluation of every run."""
+  """The split `split` in batches of global_batch (the last one padded, mask 0); the same images
+  at every evaluation of every run."""
   rows = _rows(global_batch, process_index, process_count)
-  for start in range(0, len(data.eval), global_batch):
-    rng = np.random.default_rng((_EVAL_STREAM, start))
+  n = len(data.split(split))
+  for start in range(0, n, global_batch):
+    rng = np.random.default_rng((_EVAL_STREAMS[split], start))
     batch = _draw(rng, global_batch, image_size, channels, data.num_classes)
-    batch['mask'] = (np.arange(start, start + global_batch) < len(data.eval)).astype(np.float32)
+    batch['mask'] = (np.arange(start, start + global_batch) < n).astype(np.float32)
     yield {k: v[rows] for k, v in batch.items()}
 
 

@@ -98,13 +98,13 @@ def _tf_module(
 def check_saved_model(restored: predict.Restored, path: str) -> dict[str, float]:
   """Max |logits(SavedModel) - logits(JAX)| on the first eval images, for each signature."""
   exp, config = restored.exp, restored.exp.config
-  n = min(_CHECK_IMAGES, len(exp.data.eval))
+  n = min(_CHECK_IMAGES, len(exp.data.validation))
   batch = next(
     data_lib.eval_iterator(
       exp.data, global_batch=n, image_size=config.image_size, channels=config.image_channels
     )
   )
-  encoded = [r['image'] for r in exp.data.eval.__getitems__(list(range(n)))]
+  encoded = [r['image'] for r in exp.data.validation.__getitems__(list(range(n)))]
   expected = np.asarray(jax.jit(predict.forward_fn(exp))(restored.variables, batch['image']))
   loaded = tf.saved_model.load(path)
   from_images = loaded.signatures['serving_default'](images=tf.constant(batch['image']))

@@ -5,7 +5,7 @@
                    augmentation), then a student trained on labelled + pseudo-labelled data with
                    noise (RandAugment, dropout, stochastic depth); it becomes the next teacher
   workdir/iter2/   ... as many as config.noisy_student.iterations
-  workdir/summary.json   every iteration's test accuracy and pseudo-label statistics
+  workdir/summary.json   every iteration's validation and test accuracy, pseudo-label statistics
 
 Each iteration is an ordinary trainer workdir (checkpoints, metrics, summary.json), so a killed
 run resumes where it stopped: finished iterations (summary.json present) are skipped, saved
@@ -153,11 +153,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
       {
         'iteration': k,
         'role': 'teacher' if k == 0 else 'student',
+        'validation_accuracy': result.get('validation_accuracy'),
         'test_accuracy': result['test_accuracy'],
         'params_sha256': result['params_sha256'],
         'pseudo_labels': stats,
       }
     )
+  summary['validation_accuracy'] = summary['iterations'][-1]['validation_accuracy']
   summary['test_accuracy'] = summary['iterations'][-1]['test_accuracy']
   summary['params_sha256'] = summary['iterations'][-1]['params_sha256']
   if jax.process_index() == 0:

@@ -142,11 +142,12 @@ def _columns(
 
 
 def best_candidate(rows: list[dict]) -> tuple[float, float, float]:
-  """The grid row with the highest test accuracy (then fewer MACs): its (alpha, beta, gamma)."""
+  """The grid row with the highest validation accuracy (then fewer MACs): its (alpha, beta,
+  gamma). The test split is never looked at here: it reports, it does not choose."""
   grid = [r for r in rows if r.get('strategy') == 'grid' and r['status'] in ('done', 'planned')]
   if not grid:
     raise UserError('every grid candidate diverged; lower config.optimizer.lr and rerun')
-  best = max(grid, key=lambda r: (r['test_accuracy'], -r['macs']))
+  best = max(grid, key=lambda r: (r['validation_accuracy'], -r['macs']))
   return best['alpha'], best['beta'], best['gamma']
 
 

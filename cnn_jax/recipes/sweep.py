@@ -9,7 +9,8 @@ the config file the same way, with `get_hyper`):
   get_next_trials(config, stage, rows) -> list[Trial | dict]           (optional)
       The trials of stage `stage` (1, 2, ...), computed from `rows`, the gathered table of the
       stages before it (one dict per trial: its columns, overrides, params, macs, status and
-      summary.json's test_* metrics, steps and wall_seconds). [] ends the sweep. It is first
+      summary.json's validation_* and test_* metrics, steps and wall_seconds; choose on
+      validation_*, the test split reports). [] ends the sweep. It is first
       called once with placeholder rows (every metric 0, status 'planned'), before anything
       trains, so that the overrides of every stage are checked up front.
 
@@ -222,13 +223,16 @@ def model_costs(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """(parameters, multiply-adds at batch 1) of config's model at config's input size.
 
   Traced with jax.eval_shape (cnn_jax.models.summary): no compute; a model that cannot take the
-  input size is a UserError. Cached by model fields and input shape.
+  input size, or would not train on it (train.check_total_stride), is a UserError. Cached by model fields and input shape.
   """
   from cnn_jax import train
 
   key = json.dumps([config.model.to_dict(), train.input_shape(config), config.dataset], default=str)
   if key not in _COSTS:
     s = train.model_summary(config)
+    # The trainer's own size check, now rather than when the trial starts (the head's width does
+    # not change how much the model downsamples).
+    train.check_total_stride(train.create_model(config, 10), config)
     _COSTS[key] = (s.total_params, s.total_macs)
   return _COSTS[key]
 
@@ -272,7 +276,14 @@ def _check_trial_file(trial: Planned) -> None:
 # ---------------------------------------------------------------------------------------------
 # Rows (the tables: sweep_tables.py).
 
-PLACEHOLDER = {'test_accuracy': 0.0, 'test_loss': 0.0, 'steps': 0, 'wall_seconds': 0.0}
+PLACEHOLDER = {
+  'validation_accuracy': 0.0,
+  'validation_loss': 0.0,
+  'test_accuracy': 0.0,
+  'test_loss': 0.0,
+  'steps': 0,
+  'wall_seconds': 0.0,
+}
 
 
 def _row(trial: Planned, costs: tuple[int, int] | None, placeholder: bool = False) -> dict:
@@ -285,7 +296,7 @@ def _row(trial: Planned, costs: tuple[int, int] | None, placeholder: bool = Fals
   if row['status'] == 'done':
     with open(os.path.join(trial.workdir, 'summary.json')) as f:
       summary = json.load(f)
-    row.update({k: v for k, v in summary.items() if k.startswith('test_')})
+    row.update({k: v for k, v in summary.items() if k.startswith(('validation_', 'test_'))})
     row['steps'] = summary.get('steps')
     row['wall_seconds'] = summary.get('wall_seconds')
   elif row['status'] == 'diverged':

@@ -55,21 +55,48 @@ def _cell(key: str, value: Any) -> str:
   return format_value(value)
 
 
+CHOOSE_BY = 'validation_accuracy'  # a sweep chooses on the validation split, never on test
+
+
+def chosen_rows(rows: Sequence[dict], key: str = CHOOSE_BY) -> dict[int, dict]:
+  """Each stage's finished row with the highest `key` (ties: the first), by stage."""
+  best: dict[int, dict] = {}
+  for row in rows:
+    if row.get('status') != 'done' or row.get(key) is None:
+      continue
+    stage = row['stage']
+    if stage not in best or row[key] > best[stage][key]:
+      best[stage] = row
+  return best
+
+
 def markdown(rows: Sequence[dict]) -> str:
-  """The rows as a markdown table (accuracies in %, integers with thousands separators)."""
+  """The rows as a markdown table (accuracies in %, integers with thousands separators), then
+  each stage's choice: its best row by validation accuracy, with the test accuracy it reports."""
   columns = [c for c in _columns(rows) if c != 'error']
   lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
   for row in rows:
     lines.append('| ' + ' | '.join(_cell(c, row.get(c)) for c in columns) + ' |')
+  chosen = chosen_rows(rows)
+  if chosen:
+    lines.append('')
+  for stage, row in sorted(chosen.items()):
+    test = row.get('test_accuracy')
+    lines.append(
+      f'Stage {stage}: chosen on the validation split, {row["trial"]} '
+      f'({_cell(CHOOSE_BY, row[CHOOSE_BY])} validation accuracy); its test accuracy, read once '
+      f'for the report: {_cell("test_accuracy", test) or "n/a"}.'
+    )
   return '\n'.join(lines)
 
 
 def write_tables(config: ml_collections.ConfigDict, workdir: str, rows: Sequence[dict]) -> str:
   """workdir/sweep.json, .csv, .md and, when config.sweep.plot_x is set, sweep.png.
 
-  The plot: plot_y (default test_accuracy) against plot_x, one line per value of plot_group
-  (all rows one line when ''), from the rows of stage plot_stage (-1: the last stage), each
-  line sorted by x; plot_logx for a log x axis. Returns the markdown table.
+  The plot: plot_y (default validation_accuracy, what a sweep chooses on) against plot_x, one
+  line per value of plot_group (all rows one line when ''), from the rows of stage plot_stage
+  (-1: the last stage), each line sorted by x; plot_logx for a log x axis. Returns the markdown
+  table.
   """
   os.makedirs(workdir, exist_ok=True)
   base = os.path.join(workdir, TABLE)
@@ -101,7 +128,7 @@ def plot(rows: Sequence[dict], path: str, settings: Mapping[str, Any]) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  x_key, y_key = settings['plot_x'], settings.get('plot_y') or 'test_accuracy'
+  x_key, y_key = settings['plot_x'], settings.get('plot_y') or CHOOSE_BY
   group_key = settings.get('plot_group') or ''
   stages = sorted({r['stage'] for r in rows})
   stage = settings.get('plot_stage', -1)

@@ -76,14 +76,20 @@ def _eval_batches(exp: Experiment, global_batch: int, **kwargs: Any):
   )
 
 
-def evaluate(exp: Experiment, state: TrainState, eval_fn) -> dict[str, float]:
-  """The task's metrics over the whole eval split (each example counted once)."""
+def eval_split(config: ml_collections.ConfigDict) -> str:
+  """The split evaluated during training and chosen on (config.eval_split)."""
+  return config.get('eval_split', 'validation')
+
+
+def evaluate(exp: Experiment, state: TrainState, eval_fn, split: str) -> dict[str, float]:
+  """The task's metrics over the whole of `split` (each example counted once)."""
   totals, rows = None, []
   for batch in _eval_batches(
     exp,
     exp.config.eval_batch_size,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
+    split=split,
   ):
     sums = eval_fn(state, exp.runner.put_batch(exp.task.prepare(batch)))
     if tasks.ROWS in sums:  # per-example rows: to the host, concatenated after the loop
@@ -99,7 +105,7 @@ def _write_pictures(exp: Experiment, state: TrainState, count: int = 8) -> None:
   """The task's pictures of the first `count` eval images, with the final weights."""
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   apply = jax.jit(lambda images: exp.model.apply(variables, images, train=False))
-  batch = next(_eval_batches(exp, count))
+  batch = next(_eval_batches(exp, count, split=eval_split(exp.config)))
   exp.task.write_pictures(exp.workdir, apply, batch, exp.data.spec)
 
 
@@ -134,6 +140,7 @@ def _train(
   from tqdm import tqdm
 
   config, workdir, runner = exp.config, exp.workdir, exp.runner
+  chosen_on = eval_split(config)
   primary = jax.process_index() == 0
   start_step = ckpt.latest_step() or 0
   if start_step:
@@ -184,6 +191,7 @@ def _train(
     faults.reached('saved', step, ckpt.directory, before=ckpt.wait)
 
   history, last_log, log_time = [], start_step, time.time()
+  last_eval = None  # (step, metrics) of the latest scheduled evaluation
   bar = tqdm(
     total=exp.num_steps, initial=start_step, unit='step', disable=not primary, dynamic_ncols=True
   )
@@ -217,7 +225,8 @@ def _train(
         )
         history, last_log, log_time = [], step, now
       if evaluating:
-        writer.write(step, 'test', evaluate(exp, state, eval_fn))
+        last_eval = step, evaluate(exp, state, eval_fn, chosen_on)
+        writer.write(step, chosen_on, last_eval[1])
       if saving:
         faults.reached('before_save', step)
         save(step)
@@ -230,10 +239,19 @@ def _train(
         return None
       faults.reached('end', step)
   host_state = jax.device_get(runner.get_state(state))
-  final = evaluate(exp, state, eval_fn)
+  # The chosen-on split (unless the last scheduled evaluation was of the last step), then, once,
+  # for the report, the test split.
+  final = {}
+  if last_eval is not None and last_eval[0] == exp.num_steps:
+    final[chosen_on] = last_eval[1]
+  else:
+    final[chosen_on] = evaluate(exp, state, eval_fn, chosen_on)
+    writer.write(exp.num_steps, chosen_on, final[chosen_on])
+  if chosen_on != 'test':
+    final['test'] = evaluate(exp, state, eval_fn, 'test')
+    writer.write(exp.num_steps, 'test', final['test'])
   if primary and exp.task.pictures:
     _write_pictures(exp, host_state)
-  writer.write(exp.num_steps, 'test', final)
   writer.close()
   ckpt.close()
   summary = {
@@ -241,7 +259,8 @@ def _train(
     'dataset': config.dataset,
     'steps': exp.num_steps,
     'resumed_from_step': start_step,
-    **{f'test_{k}': v for k, v in final.items()},  # test_accuracy, test_loss / test_mean_iou...
+    # validation_accuracy, test_accuracy, test_loss / test_mean_iou...
+    **{f'{split}_{k}': v for split, metrics in final.items() for k, v in metrics.items()},
     **exp.task.summary(),
     'wall_seconds': round(time.time() - start_time, 1),
     'devices': runner.num_devices,
@@ -259,7 +278,7 @@ def _train(
 
 
 def restore_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Evaluates the latest checkpoint in workdir."""
+  """Evaluates the latest checkpoint in workdir on config.eval_split."""
   exp = build(config, workdir)
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
   try:
@@ -270,4 +289,5 @@ def restore_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
   finally:
     ckpt.close()
   eval_fn = exp.runner.compile_eval(functools.partial(eval_step, model=exp.model, task=exp.task))
-  return {'step': step, **evaluate(exp, state, eval_fn)}
+  split = eval_split(config)
+  return {'step': step, 'split': split, **evaluate(exp, state, eval_fn, split)}

@@ -1,0 +1,162 @@
+"""Every config variant that names a tfds dataset, through main.py on it in its real format.
+
+The datasets are tests/tfds_fixtures.py's: built by tfds's own builders from small generated
+sources, in the exact on-disk format `tfds build` writes. Each variant trains 3 steps (its model,
+its preprocessing, its task; a small batch, since the fixtures hold tens of images), is killed
+after the checkpoint of step 2, resumes to step 3, evaluates on the validation split and once on
+the test split, then predicts two of the dataset's own test images from files. The runs share a
+persistent compilation cache: the resumed run and predict reuse what the first run compiled.
+
+The ImageNet-sized variants (224 px nets, several minutes each on 2 cores) and the recipes are
+marked slow.
+"""
+
+import importlib
+import json
+import os
+import pathlib
+
+import helpers
+import pytest
+
+from cnn_jax.data.specs import DATASETS
+
+CONFIG_DIR = pathlib.Path(__file__).parents[1] / 'configs'
+# style_transfer is not a trainer config; its backbone is configs/resnet.py or configs/vgg.py.
+NAMES = sorted(
+  p.stem for p in CONFIG_DIR.glob('*.py') if p.stem not in ('__init__', 'default', 'style_transfer')
+)
+ARGS = ('', 'digits', 'mnist', 'cifar10', 'cifar100', 'imagenet2012', 'pets', 'voc')
+# Recipes (several runs in one command) and sweeps: their own tests below.
+RECIPES = ('distill', 'noisy_student', 'resnet_lr_sweep', 'efficientnet_sweep')
+
+
+def _accepted(name: str) -> list[str]:
+  module = importlib.import_module(f'configs.{name}')
+  args = []
+  for arg in ARGS:
+    try:
+      module.get_config(arg)
+    except ValueError:  # 'unknown variant'
+      continue
+    args.append(arg)
+  return args
+
+
+def _tfds_variants() -> list[tuple[str, str, str]]:
+  """(config name, variant, dataset) of every variant whose dataset tfds prepares."""
+  found = []
+  for name in NAMES:
+    for arg in _accepted(name):
+      dataset = importlib.import_module(f'configs.{name}').get_config(arg).dataset
+      if DATASETS[dataset].how_to_prepare:  # the local builders (digits, scenes) need none
+        found.append((name, arg, dataset))
+  return found
+
+
+VARIANTS = _tfds_variants()
+PLAIN = [v for v in VARIANTS if v[0] not in RECIPES]
+
+
+def test_every_tfds_dataset_a_config_names_has_a_fixture():
+  import tfds_fixtures
+
+  named = {DATASETS[d].tfds_name for _, _, d in VARIANTS}
+  assert named == {'mnist', 'cifar10', 'imagenet2012', 'oxford_iiit_pet', 'voc/2007'}
+  assert named <= set(tfds_fixtures.DATASETS)
+  assert len(PLAIN) == 23  # 9 families x (cifar10, imagenet2012), lenet5:mnist, 3 pets, voc
+
+
+def _args(name: str, arg: str, tfds_dir: str, workdir: str) -> list[str]:
+  return [
+    f'--config=configs/{name}.py:{arg}',
+    f'--workdir={workdir}',
+    f'--config.data_dir={tfds_dir}',
+    '--config.num_train_steps=3',
+    '--config.batch_size=4',
+    '--config.eval_batch_size=4',
+    '--config.log_every_steps=1',
+    '--config.checkpoint_every_steps=2',
+    '--config.eval_every_steps=-1',
+  ]
+
+
+@pytest.fixture(scope='session')
+def compile_cache(tmp_path_factory) -> dict[str, str]:
+  path = tmp_path_factory.mktemp('jax_cache')
+  return {
+    'JAX_COMPILATION_CACHE_DIR': str(path),
+    'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+    'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
+  }
+
+
+def _test_images(tfds_dir: str, dataset: str, folder: pathlib.Path) -> list[str]:
+  """Two of the dataset's test images as files, their bytes as tfds stored them."""
+  import tensorflow_datasets as tfds
+
+  spec = DATASETS[dataset]
+  builder = tfds.builder(spec.tfds_name, data_dir=tfds_dir)
+  skip = {'image': tfds.decode.SkipDecoding()}
+  if spec.segmentation:
+    skip[spec.mask_feature] = tfds.decode.SkipDecoding()
+  source = builder.as_data_source(spec.test_split, decoders=skip)
+  folder.mkdir()
+  paths = []
+  for i, record in enumerate(source.__getitems__([0, 1])):
+    path = folder / f'image{i}.jpg'
+    path.write_bytes(record['image'])
+    paths.append(str(path))
+  return paths
+
+
+def _train_resume_predict(name, arg, dataset, tfds_dir, tmp_path, cache, timeout=900):
+  workdir = str(tmp_path / 'run')
+  args = _args(name, arg, tfds_dir, workdir)
+  # Killed (SIGKILL) right after the checkpoint of step 2 is written ...
+  code, _, err = helpers.run(
+    args, tfds_dir, devices=2, timeout=timeout, extra_env={**cache, 'CNN_JAX_FAULT': 'saved@2'}
+  )
+  assert code == -9, err[-3000:]
+  assert not os.path.exists(os.path.join(workdir, 'summary.json'))
+  # ... then the same command resumes from it, trains step 3, evaluates.
+  code, out, err = helpers.run(args, tfds_dir, devices=2, timeout=timeout, extra_env=cache)
+  assert code == 0, err[-3000:]
+  summary = helpers.summary(workdir)
+  assert json.loads(out[out.index('{') :]) == summary
+  assert (summary['dataset'], summary['steps'], summary['resumed_from_step']) == (dataset, 3, 2)
+  metric = {'segmentation': 'mean_iou', 'detection': 'map50'}.get(
+    DATASETS[dataset].task, 'accuracy'
+  )
+  for split in ('validation', 'test'):
+    assert 0.0 <= summary[f'{split}_{metric}'] <= 1.0, summary
+  rows = helpers.metric_rows(workdir)
+  assert [r['split'] for r in rows if r['split'] != 'train'] == ['validation', 'test']
+  assert [r['step'] for r in rows if r['split'] == 'train'] == [1, 2, 3]
+  # Predict on two of the dataset's own test images, as files.
+  images = _test_images(tfds_dir, dataset, tmp_path / 'images')
+  code, out, err = helpers.run(
+    [*args, '--mode=predict', f'--inputs={",".join(images)}'],
+    tfds_dir,
+    devices=2,
+    timeout=timeout,
+    extra_env=cache,
+  )
+  assert code == 0, err[-3000:]
+  for image in images:
+    assert image in out
+  return summary
+
+
+def _marks(name: str, arg: str):
+  return [pytest.mark.slow] if arg == 'imagenet2012' else []
+
+
+@pytest.mark.parametrize(
+  'name,arg,dataset',
+  [pytest.param(n, a, d, id=f'{n}:{a}', marks=_marks(n, a)) for n, a, d in PLAIN],
+)
+def test_variant_trains_resumes_evaluates_and_predicts(
+  name, arg, dataset, tfds_dir, tmp_path, compile_cache
+):
+  _train_resume_predict(name, arg, dataset, tfds_dir, tmp_path, compile_cache)
