@@ -17,6 +17,7 @@ import os
 import pathlib
 
 import helpers
+import numpy as np
 import pytest
 
 from cnn_jax.data.specs import DATASETS
@@ -160,3 +161,124 @@ def test_variant_trains_resumes_evaluates_and_predicts(
   name, arg, dataset, tfds_dir, tmp_path, compile_cache
 ):
   _train_resume_predict(name, arg, dataset, tfds_dir, tmp_path, compile_cache)
+
+
+# Recipes: several runs in one command. The kill lands in the first run that trains (the teacher;
+# the first trial), the rerun resumes it and goes on through the others.
+SMALL_RUN = ('num_train_steps=3', 'batch_size=4', 'eval_batch_size=4', 'checkpoint_every_steps=2')
+RECIPE_ARGS = {
+  ('distill', 'cifar10'): [f'--config.teacher.{f}' for f in SMALL_RUN],
+  ('noisy_student', 'cifar10'): [
+    '--config.noisy_student.iterations=1',
+    '--config.noisy_student.unlabeled_batch_size=4',
+  ],
+  ('resnet_lr_sweep', 'cifar10'): ['--config.sweep.lr_factors=(1.0,)'],
+  ('resnet_lr_sweep', 'imagenet2012'): ['--config.sweep.lr_factors=(1.0,)'],
+  # Two grid candidates at phi = 1 (alpha * beta^2 * gamma^2 = 1.21: width or resolution 1.1),
+  # then phi = 0 alone in stage 1 (the base net, one trial).
+  ('efficientnet_sweep', 'cifar10'): [
+    '--config.sweep.target=1.21',
+    '--config.sweep.max_mult=1.1',
+    '--config.sweep.max_phi=0',
+  ],
+  ('efficientnet_sweep', 'imagenet2012'): [
+    '--config.sweep.target=1.21',
+    '--config.sweep.max_mult=1.1',
+    '--config.sweep.max_phi=0',
+  ],
+}
+
+
+def test_every_recipe_variant_is_tested():
+  assert sorted((n, a) for n, a, _ in VARIANTS if n in RECIPES) == sorted(RECIPE_ARGS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name,arg', [pytest.param(*k, id=':'.join(k)) for k in RECIPE_ARGS])
+def test_recipe_variant_trains_resumes_and_evaluates(name, arg, tfds_dir, tmp_path, compile_cache):
+  workdir = tmp_path / 'run'
+  args = [*_args(name, arg, tfds_dir, str(workdir)), *RECIPE_ARGS[(name, arg)]]
+  kill = {**compile_cache, 'CNN_JAX_FAULT': 'saved@2'}
+  code, _, err = helpers.run(args, tfds_dir, devices=2, timeout=1200, extra_env=kill)
+  assert code == -9, err[-3000:]
+  code, out, err = helpers.run(args, tfds_dir, devices=2, timeout=1200, extra_env=compile_cache)
+  assert code == 0, err[-3000:]
+  if 'sweep' in name:
+    rows = json.loads((workdir / 'sweep.json').read_text())['rows']
+    assert rows and all(r['status'] == 'done' for r in rows), rows
+    assert all(0 <= r['validation_accuracy'] <= 1 and 0 <= r['test_accuracy'] <= 1 for r in rows)
+    first = json.loads((workdir / rows[0]['trial'] / 'summary.json').read_text())
+    assert first['resumed_from_step'] == 2  # the killed trial, resumed
+    assert 'chosen on the validation split' in (workdir / 'sweep.md').read_text()
+    return
+  summary = helpers.summary(str(workdir))
+  assert 0 <= summary['validation_accuracy'] <= 1 and 0 <= summary['test_accuracy'] <= 1
+  first = workdir / ('teacher' if name == 'distill' else 'iter0')
+  assert helpers.summary(str(first))['resumed_from_step'] == 2
+  # The student predicts two of the dataset's test images.
+  images = _test_images(tfds_dir, 'cifar10', tmp_path / 'images')
+  predict = [*args, '--mode=predict', f'--inputs={",".join(images)}']
+  code, out, err = helpers.run(predict, tfds_dir, devices=2, timeout=600, extra_env=compile_cache)
+  assert code == 0, err[-3000:]
+  assert all(image in out for image in images)
+
+
+def test_a_tfrecord_build_gets_the_command_that_rebuilds_it(tmp_path):
+  """`tfds build` without --file_format writes tfrecord, which has no random access."""
+  import tfds_fixtures
+
+  from cnn_jax import data
+  from cnn_jax.core.errors import UserError
+
+  tfds_fixtures.prepare('cifar10', str(tmp_path), file_format='tfrecord')
+  with pytest.raises(UserError) as e:
+    data.load('cifar10', str(tmp_path))
+  assert str(e.value) == (
+    f"dataset 'cifar10' in {tmp_path} is in tfrecord format, not array_record, which random "
+    f'access needs; rebuild it with: tfds build cifar10 --file_format=array_record '
+    f'--data_dir={tmp_path}'
+  )
+
+
+def test_an_empty_validation_slice_is_one_line(tfds_dir, monkeypatch):
+  """ImageNet's validation is the slice train[99%:]: tfds cannot open an empty slice."""
+  import dataclasses
+
+  from cnn_jax import data
+  from cnn_jax.core.errors import UserError
+  from cnn_jax.data import specs
+
+  spec = dataclasses.replace(specs.DATASETS['imagenet2012'], validation_split='train[100%:]')
+  monkeypatch.setitem(specs.DATASETS, 'imagenet2012', spec)
+  with pytest.raises(UserError, match=r"split 'train\[100%:\]' cannot be read .* train 60, "):
+    data.load('imagenet2012', tfds_dir)
+
+
+def test_imagenet_validation_is_the_last_percent_of_train(tfds_dir):
+  from cnn_jax import data
+
+  ds = data.load('imagenet2012', tfds_dir)
+  # 60 train images: train[:99%] 59, train[99%:] 1 (big_vision's minival); test: tfds's
+  # 'validation' split (the official 50,000 validation images, here 10).
+  assert (len(ds.train), len(ds.validation), len(ds.test), ds.num_classes) == (59, 1, 10, 1000)
+
+
+def test_voc_validation_is_its_own_val_split(tfds_dir):
+  from cnn_jax import data
+
+  ds = data.load('voc', tfds_dir)
+  assert (len(ds.train), len(ds.validation), len(ds.test)) == (12, 8, 10)
+
+
+@pytest.mark.parametrize('name', ['mnist', 'cifar10', 'cifar100', 'oxford_iiit_pet'])
+def test_held_out_validation_of_the_tfds_datasets(tfds_dir, name):
+  from cnn_jax import data
+  from cnn_jax.data.datasets import source_labels
+
+  ds = data.load(name, tfds_dir)
+  train, validation = source_labels(ds.train), source_labels(ds.validation)
+  assert len(train) + len(validation) == (30 if name == 'oxford_iiit_pet' else 40)
+  # Every class with two or more training images gives one or more to validation.
+  classes, counts = np.unique(np.concatenate([train, validation]), return_counts=True)
+  for c, n in zip(classes, counts, strict=True):
+    assert (c in validation) == (n >= 2), (c, n)

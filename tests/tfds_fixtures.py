@@ -532,9 +532,9 @@ def _downloads_from(files: dict[str, str]) -> Iterator[None]:
     yield
 
 
-def prepare(name: str, data_dir: str) -> None:
+def prepare(name: str, data_dir: str, file_format: str = 'array_record') -> None:
   """Builds the dataset `name` (one of DATASETS) into `data_dir` with its real tfds builder, from
-  generated sources, as `tfds build <name> --file_format=array_record` would. A no-op if it is
+  generated sources, as `tfds build <name> --file_format=<file_format>` would. A no-op if it is
   already prepared there."""
   builder = tfds.builder(name, data_dir=data_dir)
   if builder.is_prepared():
@@ -550,7 +550,7 @@ def prepare(name: str, data_dir: str) -> None:
       builder.download_and_prepare(
         download_dir=os.path.join(src, 'downloads'),
         download_config=config,
-        file_format='array_record',
+        file_format=file_format,
       )
 
 

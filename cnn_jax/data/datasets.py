@@ -265,17 +265,16 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
   skip = {'image': tfds.decode.SkipDecoding()}
   if spec.segmentation:
     skip[spec.mask_feature] = tfds.decode.SkipDecoding()
-  splits = [spec.train_split, spec.validation_split, spec.test_split]
-  try:
-    train, validation, test = (
-      builder.as_data_source(s, decoders=skip) if s else None for s in splits
-    )
-  except (ValueError, NotImplementedError) as e:
+  if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
     how = TFDS_BUILD.format(name=spec.tfds_name, data_dir=data_dir)
     raise UserError(
-      f"dataset '{name}' in {data_dir} is not in array_record format, which random access "
-      f'needs ({e}); rebuild it with: {how}'
-    ) from e
+      f"dataset '{name}' in {data_dir} is in {builder.info.file_format.value} format, not "
+      f'array_record, which random access needs; rebuild it with: {how}'
+    )
+  train, validation, test = (
+    _split_source(name, builder, s, skip) if s else None
+    for s in (spec.train_split, spec.validation_split, spec.test_split)
+  )
   if validation is None:
     train, validation = hold_out(train, spec.validation_fraction)
   features = builder.info.features
@@ -290,6 +289,20 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
     else features['label'].num_classes,
     channels=features['image'].shape[-1],
   )
+
+
+def _split_source(
+  name: str, builder: tfds.core.DatasetBuilder, split: str, decoders: dict[str, Any]
+) -> Source:
+  """Random access to one split (or slice: 'train[99%:]') of a prepared tfds dataset."""
+  try:
+    return builder.as_data_source(split, decoders=decoders)
+  except ValueError as e:  # tfds: an empty slice has no files ('Paths sequence can not be ...')
+    sizes = ', '.join(f'{k} {v.num_examples}' for k, v in builder.info.splits.items())
+    raise UserError(
+      f"dataset '{name}': split '{split}' cannot be read ({e}); the prepared splits hold {sizes} "
+      'examples (a percent slice of fewer than ~100 examples can be empty)'
+    ) from e
 
 
 _VALIDATION_SEED = 7_919  # hold_out's draws: not a stream any config.seed draws from

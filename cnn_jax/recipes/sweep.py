@@ -223,7 +223,8 @@ def model_costs(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """(parameters, multiply-adds at batch 1) of config's model at config's input size.
 
   Traced with jax.eval_shape (cnn_jax.models.summary): no compute; a model that cannot take the
-  input size, or would not train on it (train.check_total_stride), is a UserError. Cached by model fields and input shape.
+  input size, or would not train on it (train.check_total_stride), is a UserError. Cached by
+  model fields and input shape.
   """
   from cnn_jax import train
 
