@@ -11,8 +11,8 @@ holding `batch_size` labelled and `unlabeled_batch_size` pseudo-labelled images.
 is a trainer workdir of its own (workdir/iter0, iter1, ...); rerunning the command resumes.
 (cnn_jax/recipes/noisy_student.py.)
 
-Offline default: digits, 10% of the train split labelled (stratified, 145 images), the other 90%
-(1,292) the unlabelled pool; ResNet-20 for teacher and students (the paper's students are equal
+Offline default: digits, 10% of the train split labelled (stratified, 130 of the 1,292 training
+digits), the other 90% (1,162) the unlabelled pool; ResNet-20 for teacher and students (the paper's students are equal
 or larger), soft pseudo-labels, 2 iterations of 300 steps, each step 32 labelled + 32
 pseudo-labelled images. Noise milder than the paper's: RandAugment N=2, M=5 (of 30), dropout 0.2
 before the classifier, stochastic depth 0.1 at the last block. With the paper's strength for
@@ -51,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ns.pseudo_labels = ''  # set per iteration by cnn_jax/recipes/noisy_student.py
   if arg in (None, '', 'digits'):
     default.set_offline_recipe(config, num_epochs=1.0)
-    config.batch_size = 32  # labelled: 145 images, so 4 steps an epoch
+    config.batch_size = 32  # labelled: 130 images, so 4 steps an epoch
     # As many pseudo-labelled rows as labelled: 64-row steps. On the 2-core CPU a ResNet-20
     # train step at 32x32 costs 0.29 s for 32 rows, 0.62 s for 64, 2.1 s for 128 (XLA:CPU's
     # convolution gradients slow down past 64 rows), so a 96-row pseudo batch tripled the time.

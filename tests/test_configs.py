@@ -52,7 +52,7 @@ def test_config_builds_its_model_at_its_size(name, arg):
     model = train.create_model(config, num_classes=10)  # config.model fields are module fields
     train.check_input_size(model, config)  # jax.eval_shape: no compute
     _CHECKED.add(key)
-  steps_per_epoch = 11 if arg == '' else 100
+  steps_per_epoch = 10 if arg == '' else 100
   schedule = optim.create_schedule(config.optimizer, 1000, steps_per_epoch)
   lrs = [float(schedule(s)) for s in range(0, 1000, 50)]
   assert all(np.isfinite(lrs)) and max(lrs) == pytest.approx(config.optimizer.lr, rel=0.05)

@@ -2,7 +2,8 @@
 
 1,797 grayscale images of the digits 0-9 (UCI optdigits, as shipped inside scikit-learn), pixel
 values 0..16 stored as uint8 0..255. A fixed, stratified 80/20 train/test split drawn with seed 0:
-1,437 train and 360 test images. The pipeline resizes them to the model's input size.
+1,437 train and 360 test images; runs hold 10% of train out for validation (145 images,
+cnn_jax/data/datasets.py: hold_out). The pipeline resizes them to the model's input size.
 """
 
 import numpy as np
