@@ -12,16 +12,16 @@ is a trainer workdir of its own (workdir/iter0, iter1, ...); rerunning the comma
 (cnn_jax/recipes/noisy_student.py.)
 
 Offline default: digits, 10% of the train split labelled (stratified, 130 of the 1,292 training
-digits), the other 90% (1,162) the unlabelled pool; ResNet-20 for teacher and students (the paper's students are equal
-or larger), soft pseudo-labels, 2 iterations of 300 steps, each step 32 labelled + 32
-pseudo-labelled images. Noise milder than the paper's: RandAugment N=2, M=5 (of 30), dropout 0.2
-before the classifier, stochastic depth 0.1 at the last block. With the paper's strength for
+digits), the other 90% (1,162) the unlabelled pool; ResNet-20 for teacher and students (the paper's
+students are equal or larger), soft pseudo-labels, 2 iterations of 300 steps, each step 32 labelled
++ 32 pseudo-labelled images. Noise milder than the paper's: RandAugment N=2, M=5 (of 30), dropout
+0.2 before the classifier, stochastic depth 0.1 at the last block. With the paper's strength for
 small data (M=9 here, dropout 0.5, stochastic depth 0.2) the student learned too slowly for the
-budget: seed 0, iteration 1, test accuracy 33.9% at step 100, 85.6% at 200, 93.1% at 300, below
-its teacher's 95.3%; with the milder noise 95.8%, 96.9%, 98.1% (2-core CPU). At 100 steps
-RandAugment (2, 9) alone gave 33.3% and dropout 0.5 + stochastic depth 0.2 alone 60.8%, against
-95.0% without noise: on 8x8 glyphs upscaled to 32x32, Equalize lights up the blurred background
-and Solarize hollows the strokes (README, "Training recipes").
+budget: seed 0, iteration 1, test accuracy 33.9% at step 100, 85.6% at 200, 93.1% at 300, below its
+teacher's 95.3%; with the milder noise 95.8%, 96.9%, 98.1% (2-core CPU). At 100 steps RandAugment
+(2, 9) alone gave 33.3% and dropout 0.5 + stochastic depth 0.2 alone 60.8%, against 95.0% without
+noise: on 8x8 glyphs upscaled to 32x32, Equalize lights up the blurred background and Solarize
+hollows the strokes (README, "Training recipes").
 """
 
 import ml_collections

@@ -373,3 +373,38 @@ def test_two_shards_one_killed_and_rerun_gather_one_table(tmp_path, data_dir):
   tables = [out.strip().splitlines()[-5:] for out, _ in results]
   assert tables[0] == tables[1] and tables[0][-1].startswith('| 0 | lr=0.2 | 0.2 |')
   assert os.path.getsize(os.path.join(workdir, 'sweep.png')) > 0
+
+
+def test_a_sweep_chooses_on_validation_never_on_test():
+  """The table's choice and EfficientNet's grid winner follow validation accuracy; a row with a
+  higher test accuracy does not win (the test split reports, it does not choose)."""
+  from cnn_jax.recipes import scaling, sweep_tables
+
+  def row(trial, stage, validation, test, **columns):
+    return dict(
+      trial=trial,
+      stage=stage,
+      status='done',
+      validation_accuracy=validation,
+      test_accuracy=test,
+      **columns,
+    )
+
+  rows = [
+    row('lr=0.1', 0, 0.80, 0.95),
+    row('lr=0.2', 0, 0.90, 0.85),
+    row('lr=0.4', 1, 0.70, 0.99),
+    {**row('lr=0.8', 1, 0.99, 0.99), 'status': 'diverged'},
+  ]
+  chosen = sweep_tables.chosen_rows(rows)
+  assert {s: r['trial'] for s, r in chosen.items()} == {0: 'lr=0.2', 1: 'lr=0.4'}
+  table = sweep_tables.markdown(rows)
+  assert (
+    'Stage 0: chosen on the validation split, lr=0.2 (90.00% validation accuracy); its test '
+    'accuracy, read once for the report: 85.00%.'
+  ) in table
+  grid = [
+    row('a', 0, 0.80, 0.99, strategy='grid', alpha=1.2, beta=1.1, gamma=1.15, macs=10),
+    row('b', 0, 0.90, 0.50, strategy='grid', alpha=1.0, beta=1.1, gamma=1.3, macs=12),
+  ]
+  assert scaling.best_candidate(grid) == (1.0, 1.1, 1.3)

@@ -287,3 +287,14 @@ def test_held_out_validation_of_the_tfds_datasets(tfds_dir, name):
   classes, counts = np.unique(np.concatenate([train, validation]), return_counts=True)
   for c, n in zip(classes, counts, strict=True):
     assert (c in validation) == (n >= 2), (c, n)
+
+
+@pytest.mark.slow
+def test_cifar100_through_the_cifar10_variant(tfds_dir, tmp_path, compile_cache):
+  """No config names cifar100: it is --config.dataset=cifar100 on a CIFAR variant."""
+  workdir = str(tmp_path / 'run')
+  args = [*_args('resnet', 'cifar10', tfds_dir, workdir), '--config.dataset=cifar100']
+  code, out, err = helpers.run(args, tfds_dir, devices=2, timeout=600, extra_env=compile_cache)
+  assert code == 0, err[-3000:]
+  summary = helpers.summary(workdir)
+  assert summary['dataset'] == 'cifar100' and 0 <= summary['validation_accuracy'] <= 1

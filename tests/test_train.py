@@ -221,3 +221,18 @@ def test_a_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
   path.write_text('{"step": 1, "split": "train", "loss": 2.0}\n{"step": 2, "spl')
   logs.MetricWriter(str(tmp_path), resume_step=4).close()
   assert [json.loads(line)['step'] for line in path.read_text().splitlines()] == [1]
+
+
+def test_eval_split_test_reads_the_test_split_only(tmp_path, data_dir):
+  result = train.train_and_evaluate(
+    _tiny(data_dir, num_train_steps=2, eval_every_steps=-1, eval_split='test'), str(tmp_path)
+  )
+  assert 'test_accuracy' in result and not any(k.startswith('validation_') for k in result)
+  rows = [json.loads(line) for line in open(os.path.join(tmp_path, 'metrics.jsonl'))]
+  assert [r['split'] for r in rows if r['split'] != 'train'] == ['test']
+
+
+def test_an_unknown_eval_split_is_refused_before_anything_runs(tmp_path, data_dir):
+  with pytest.raises(UserError, match=r"config.eval_split='valid' is out of range; use "):
+    train.train_and_evaluate(_tiny(data_dir, eval_split='valid'), str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
