@@ -21,7 +21,9 @@ budget: seed 0, iteration 1, test accuracy 33.9% at step 100, 85.6% at 200, 93.1
 teacher's 95.3%; with the milder noise 95.8%, 96.9%, 98.1% (2-core CPU). At 100 steps RandAugment
 (2, 9) alone gave 33.3% and dropout 0.5 + stochastic depth 0.2 alone 60.8%, against 95.0% without
 noise: on 8x8 glyphs upscaled to 32x32, Equalize lights up the blurred background and Solarize
-hollows the strokes (README, "Training recipes").
+hollows the strokes (README, "Training recipes"). Those numbers are from before the validation
+split (145 labelled of 1,437 training digits), and the noise strength was chosen on them, i.e. on
+the test split; summary.json now records each iteration's validation accuracy to choose on.
 """
 
 import ml_collections
