@@ -47,6 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'sgd'  # 'sgd' | 'rmsprop' | 'adamw'
   config.optimizer.lr = 0.1
+  # > 0: `lr` is the paper's for a batch of this size, scaled linearly to config.batch_size when
+  # the run starts (Goyal et al.'s rule), so --config.batch_size=64 keeps the recipe. 0: as given.
+  config.optimizer.lr_batch_size = 0
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = False
   config.optimizer.b1 = 0.9  # adamw

@@ -36,7 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # torchvision's reference: 90 epochs, batch 256, lr 0.1 divided by 10 every 30 epochs,
     # weight decay 1e-4, momentum 0.9; random-resized crop 224 + flip; eval 256 -> 224 crop.
     config.model.name = 'resnet50'
-    config.optimizer.lr = 0.1 * config.batch_size / 256  # linear scaling rule (Goyal et al.)
+    config.optimizer.lr = 0.1  # per 256 images, scaled to the batch (Goyal et al.'s rule)
+    config.optimizer.lr_batch_size = 256
     config.num_epochs = 90.0
     config.optimizer.schedule = 'step'
     config.optimizer.decay_epochs = (30.0, 60.0)

@@ -31,7 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif variant == 'imagenet2012':
     config.model.name = 'seresnet50'
     config.batch_size = 1024
-    config.optimizer.lr = 0.6
+    config.optimizer.lr = 0.6  # per 1,024 images, scaled to the batch (Goyal et al.'s rule)
+    config.optimizer.lr_batch_size = 1024
     config.num_epochs = 100.0
     config.optimizer.schedule = 'step'
     config.optimizer.decay_epochs = (30.0, 60.0, 90.0)

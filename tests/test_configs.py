@@ -97,3 +97,18 @@ def test_rmsprop_is_tensorflows():
   ms = 0.9 + 0.1 * g**2
   np.testing.assert_allclose(updates['w'], -0.1 * g / np.sqrt(ms + 1e-3), rtol=1e-6)
   jax.block_until_ready(updates)
+
+
+@pytest.mark.parametrize(
+  'name,reference_lr,reference_batch',
+  [('resnet', 0.1, 256), ('senet', 0.6, 1024), ('efficientnet', 0.256, 4096)],
+)
+def test_the_linear_scaling_rule_follows_a_batch_size_override(name, reference_lr, reference_batch):
+  """The ImageNet recipes give lr for the paper's batch; --config.batch_size=64 scales it when
+  the run starts (a lr computed in get_config kept the default batch's lr and diverged)."""
+  config = importlib.import_module(f'configs.{name}').get_config('imagenet2012')
+  assert config.optimizer.lr_batch_size == reference_batch
+  for batch in (config.batch_size, 64):
+    schedule = optim.create_schedule(config.optimizer, 10_000, 100, batch)
+    peak = max(float(schedule(s)) for s in range(0, 10_000, 10))
+    assert peak == pytest.approx(reference_lr * batch / reference_batch, rel=1e-6)

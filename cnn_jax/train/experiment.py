@@ -141,7 +141,7 @@ def build(
     num_steps = config.num_train_steps
   else:
     num_steps = math.ceil(config.num_epochs * steps_per_epoch)
-  schedule = optim.create_schedule(config.optimizer, num_steps, steps_per_epoch)
+  schedule = optim.create_schedule(config.optimizer, num_steps, steps_per_epoch, config.batch_size)
   tx = transfer.freeze(optim.create_optimizer(config.optimizer, schedule), config.get('freeze', ''))
   if config.get('init_from') is not None and config.init_from.path:
     transfer.check_source(config.init_from)

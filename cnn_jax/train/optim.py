@@ -13,6 +13,9 @@ PyTree = object
 # The config.optimizer fields' ranges (cnn_jax/core/ranges.py), checked before anything is built.
 RANGES = {
   'optimizer.lr': Range(0, low_open=True),
+  'optimizer.lr_batch_size': Range(
+    0, integer=True, note='0: lr as given; N: lr is for batch N, scaled to config.batch_size'
+  ),
   'optimizer.momentum': Range(0, 1, high_open=True),
   'optimizer.b1': Range(0, 1, high_open=True),
   'optimizer.b2': Range(0, 1, high_open=True),
@@ -36,10 +39,22 @@ def _steps(cfg: ml_collections.ConfigDict, key: str, steps_per_epoch: int) -> in
   return int(round(cfg.get(f'{key}_epochs', 0.0) * steps_per_epoch))
 
 
+def peak_lr(cfg: ml_collections.ConfigDict, batch_size: int | None = None) -> float:
+  """cfg.lr, scaled linearly to `batch_size` when cfg.lr_batch_size > 0 names the batch it is for
+  (Goyal et al. 2017: the ImageNet recipes' lr 0.1 per 256 images)."""
+  reference = cfg.get('lr_batch_size', 0)
+  if reference and batch_size:
+    return cfg.lr * batch_size / reference
+  return cfg.lr
+
+
 def create_schedule(
-  cfg: ml_collections.ConfigDict, num_steps: int, steps_per_epoch: int
+  cfg: ml_collections.ConfigDict,
+  num_steps: int,
+  steps_per_epoch: int,
+  batch_size: int | None = None,
 ) -> optax.Schedule:
-  """Linear warmup from 0, then one of:
+  """Linear warmup from 0 to peak_lr(cfg, batch_size), then one of:
 
   'cosine' decay to 0; 'linear' decay to 0 (SqueezeNet's "poly" policy with power 1);
   'step': times decay_factor at each of decay_epochs (or decay_steps);
@@ -47,8 +62,9 @@ def create_schedule(
   0.97 every 2.4 epochs); 'constant'.
   """
   warmup = min(_steps(cfg, 'warmup', steps_per_epoch), num_steps)
+  lr = peak_lr(cfg, batch_size)
   if cfg.schedule == 'cosine':
-    main = optax.cosine_decay_schedule(cfg.lr, decay_steps=max(num_steps - warmup, 1))
+    main = optax.cosine_decay_schedule(lr, decay_steps=max(num_steps - warmup, 1))
   elif cfg.schedule == 'step':
     if cfg.get('decay_steps'):
       boundaries = [int(s) for s in cfg.decay_steps]
@@ -56,15 +72,15 @@ def create_schedule(
       boundaries = [int(round(e * steps_per_epoch)) for e in cfg.decay_epochs]
     # Multiply by decay_factor at each boundary (He et al.: /10 at 32k and 48k of 64k).
     main = optax.piecewise_constant_schedule(
-      cfg.lr, {max(b - warmup, 1): cfg.decay_factor for b in boundaries}
+      lr, {max(b - warmup, 1): cfg.decay_factor for b in boundaries}
     )
   elif cfg.schedule == 'linear':
-    main = optax.linear_schedule(cfg.lr, 0.0, max(num_steps - warmup, 1))
+    main = optax.linear_schedule(lr, 0.0, max(num_steps - warmup, 1))
   elif cfg.schedule == 'exponential':
     every = max(int(round(cfg.decay_every_epochs * steps_per_epoch)), 1)
-    main = optax.exponential_decay(cfg.lr, every, cfg.decay_factor, staircase=True)
+    main = optax.exponential_decay(lr, every, cfg.decay_factor, staircase=True)
   elif cfg.schedule == 'constant':
-    main = optax.constant_schedule(cfg.lr)
+    main = optax.constant_schedule(lr)
   else:
     raise UserError(
       f"unknown optimizer.schedule '{cfg.schedule}'; "
@@ -72,7 +88,7 @@ def create_schedule(
     )
   if warmup == 0:
     return main
-  return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), main], [warmup])
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
 def decay_mask(params: PyTree) -> PyTree:
