@@ -408,3 +408,12 @@ def test_a_sweep_chooses_on_validation_never_on_test():
     row('b', 0, 0.90, 0.50, strategy='grid', alpha=1.0, beta=1.1, gamma=1.3, macs=12),
   ]
   assert scaling.best_candidate(grid) == (1.0, 1.1, 1.3)
+
+
+def test_a_sweep_config_with_a_variant_is_still_a_sweep():
+  """--config=configs/resnet_lr_sweep.py:cifar10 names the file with ':cifar10' after it; read as
+  a path, no file matched and the sweep ran as one plain training run of its base config."""
+  for config_file in ('configs/resnet_lr_sweep.py', 'configs/resnet_lr_sweep.py:cifar10'):
+    hooks = sweep.load_hooks(config_file)
+    assert hooks is not None and hooks.get_trials.__name__ == 'get_trials'
+  assert sweep.load_hooks('configs/resnet.py:cifar10') is None

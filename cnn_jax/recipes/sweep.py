@@ -111,7 +111,10 @@ class Planned:
 
 
 def load_hooks(config_file: str | None) -> Hooks | None:
-  """The sweep hooks of the config file at `config_file` ('path.py', no ':arg'), or None."""
+  """The sweep hooks of the config file at `config_file` ('path.py' or 'path.py:arg', the way
+  --config names a variant), or None."""
+  if config_file and '.py:' in config_file:  # the variant's argument is not part of the path
+    config_file = config_file[: config_file.index('.py:') + 3]
   if not config_file or not config_file.endswith('.py') or not os.path.isfile(config_file):
     return None
   name = '_sweep_config_' + re.sub(r'\W', '_', os.path.abspath(config_file))
