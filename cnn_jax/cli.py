@@ -161,6 +161,12 @@ def run(
     )
   if not workdir:
     raise UserError(f'--mode={mode} needs --workdir (the folder for checkpoints and logs)')
+  if recipe and mode in ('eval', 'predict', 'export'):
+    # A run made of runs: the recipe names the one these modes read (Noisy Student: its last
+    # student).
+    final_run = getattr(importlib.import_module(RECIPES[recipe]), 'final_run', None)
+    if final_run is not None:
+      config, workdir = final_run(config, workdir)
   from cnn_jax.recipes import sweep
 
   hooks = sweep.load_hooks(config_file)

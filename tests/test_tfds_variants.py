@@ -298,3 +298,29 @@ def test_cifar100_through_the_cifar10_variant(tfds_dir, tmp_path, compile_cache)
   assert code == 0, err[-3000:]
   summary = helpers.summary(workdir)
   assert summary['dataset'] == 'cifar100' and 0 <= summary['validation_accuracy'] <= 1
+
+
+def test_an_empty_validation_split_is_refused_before_training(tmp_path, data_dir):
+  """One training image per class leaves nothing to hold out: a clear error before anything
+  runs, not a crash in the first evaluation (found by the cifar100 fixture when it held 40
+  classes of one image each)."""
+  from PIL import Image
+
+  from cnn_jax import train
+  from cnn_jax.core.errors import UserError
+
+  rng = np.random.default_rng(0)
+  for split in ('train', 'test'):
+    for label in ('cat', 'dog'):
+      (tmp_path / 'images' / split / label).mkdir(parents=True)
+      pixels = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(tmp_path / 'images' / split / label / '0.png')
+  config = helpers.tiny_config(data_dir, dataset=f'folder:{tmp_path / "images"}', batch_size=4)
+  with pytest.raises(UserError) as e:
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert str(e.value).startswith(
+    f"dataset 'folder:{tmp_path / 'images'}' has no examples in its validation split as this "
+    'run reads it (2 train, 0 validation, 2 test); a held-out validation split takes 10% of '
+    'each class with 2 or more training examples'
+  )
+  assert not (tmp_path / 'w').exists()

@@ -207,7 +207,8 @@ def _write_cifar10(builder: tfds.core.DatasetBuilder, src: str) -> _Sources:
 def _write_cifar100(builder: tfds.core.DatasetBuilder, src: str) -> _Sources:
   """CIFAR-100, binary version: `cifar-100-binary.tar.gz` holding `cifar-100-binary/`.
 
-  train: 40 RGB 32x32 pictures in `train.bin` with 40 different fine labels (7 * i mod 100),
+  train: 40 RGB 32x32 pictures in `train.bin` with 10 different fine labels, 4 pictures each
+  (7 * (i mod 10) mod 100: a class needs 2 or more for a held-out validation example),
   test: 20 in `test.bin` (fine labels 3 * i mod 100); each record's coarse label is its fine
   class's real superclass. `coarse_label_names.txt` / `fine_label_names.txt` have the real 20
   and 100 names, so the features report 20 and 100 classes.
@@ -217,10 +218,10 @@ def _write_cifar100(builder: tfds.core.DatasetBuilder, src: str) -> _Sources:
     'cifar-100-binary/coarse_label_names.txt': ('\n'.join(_CIFAR100_COARSE) + '\n').encode(),
     'cifar-100-binary/fine_label_names.txt': ('\n'.join(_CIFAR100_FINE) + '\n').encode(),
   }
-  for split, step in (('train', 7), ('test', 3)):
+  for split, step, period in (('train', 7, 10), ('test', 3, 100)):
     records = []
     for i in range(SPLITS['cifar100'][split]):
-      fine = step * i % 100
+      fine = step * (i % period) % 100
       image = _picture(_rng('cifar100', split, i), 32, 32)
       records.append(_cifar_record((_CIFAR100_FINE_TO_COARSE[fine], fine), image))
     members[f'cifar-100-binary/{split}.bin'] = b''.join(records)

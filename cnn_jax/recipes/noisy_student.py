@@ -40,6 +40,13 @@ def iteration_dir(workdir: str, k: int) -> str:
   return os.path.join(workdir, f'iter{k}')
 
 
+def final_run(config: ml_collections.ConfigDict, workdir: str):
+  """(config, workdir) of the run --mode=eval/predict/export reads: the last iteration's
+  student, workdir/iter<iterations>."""
+  k = config.noisy_student.iterations
+  return iteration_config(config, workdir, k), iteration_dir(workdir, k)
+
+
 def iteration_config(config: ml_collections.ConfigDict, workdir: str, k: int):
   """The trainer config of iteration k: 0 is the clean teacher, k >= 1 a noisy student."""
   c = copy.deepcopy(config)

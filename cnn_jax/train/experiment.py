@@ -106,6 +106,14 @@ def load_data(config: ml_collections.ConfigDict) -> tuple[data_lib.Dataset, Any]
     data, pool = data_lib.labeled_split(
       data, self_training.labeled_fraction, seed=self_training.split_seed
     )
+  for split in dict.fromkeys(('train', config.get('eval_split', 'validation'), 'test')):
+    if len(data.split(split)) == 0:
+      raise UserError(
+        f"dataset '{config.dataset}' has no examples in its {split} split as this run reads it "
+        f'({len(data.train)} train, {len(data.validation)} validation, {len(data.test)} test); '
+        'a held-out validation split takes 10% of each class with 2 or more training examples: '
+        'give it more images, or fewer classes (config.data_classes)'
+      )
   return data, pool
 
 
