@@ -29,7 +29,9 @@ split, 145 images, which no trial trains on); the test split only reports.
 
 Measured: the whole command took 24.9 min (1,493 s: planning 68 s, 16 trials of 54-105 s at 300
 steps) on the 2-core CPU machine on 2026-11-26, with test runs at nice 19 sharing the cores part of
-the time; results in README "Sweeps" and experiments/results/efficientnet_sweep.*.
+the time; rerun with the validation split on 2026-12-07 (2-core AMD EPYC, at nice 10 under test
+runs that took most of both cores): 45 min, planning 164 s, trials of 39-296 s, the same grid
+winner; results in docs/recipes.md and experiments/results/efficientnet_sweep.*.
 
 The estimate made before that run: about 30 minutes, from these measurements on the 2-core CPU
 machine while another job kept it busy (load average 3-6, under `nice -n 19`; upper bounds):
