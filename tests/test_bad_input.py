@@ -90,7 +90,7 @@ CASES = [
     [
       "dataset 'cifar10' is not prepared in ",
       'and this run does not download',
-      'tfds build cifar10 --file_format=array_record',
+      'python -m cnn_jax.data.prepare cifar10',
     ],
   ),
 ]

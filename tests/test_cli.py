@@ -31,7 +31,7 @@ def test_missing_dataset_is_one_line_without_traceback(tmp_path, data_dir):
   assert len(lines) == 1, err  # one line, no traceback, no library noise
   line = lines[0]
   assert line.startswith("error: dataset 'cifar10' is not prepared in ")
-  assert 'tfds build cifar10 --file_format=array_record' in line
+  assert 'python -m cnn_jax.data.prepare cifar10' in line
 
 
 def test_unknown_model_lists_closest_names(tmp_path, data_dir):

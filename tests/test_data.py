@@ -118,7 +118,7 @@ def test_missing_dataset_says_how_to_prepare(data_dir):
   with pytest.raises(UserError) as e:
     data.load('cifar10', data_dir)
   assert 'not prepared' in str(e.value)
-  assert f'tfds build cifar10 --file_format=array_record --data_dir={data_dir}' in str(e.value)
+  assert f'python -m cnn_jax.data.prepare cifar10 --data_dir={data_dir}' in str(e.value)
 
 
 def test_image_folder(tmp_path):

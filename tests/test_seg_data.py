@@ -208,12 +208,12 @@ def test_unprepared_or_unavailable_datasets_say_why(tmp_path):
   with pytest.raises(UserError) as e:
     data.load('oxford_iiit_pet', str(tmp_path))
   assert 'not prepared' in str(e.value) and '\n' not in str(e.value)
-  assert f'tfds build oxford_iiit_pet --file_format=array_record --data_dir={tmp_path}' in str(
-    e.value
-  )
+  assert f'python -m cnn_jax.data.prepare oxford_iiit_pet --data_dir={tmp_path}' in str(e.value)
   with pytest.raises(UserError, match="dataset 'voc_segmentation': tfds's 'voc' .* boxes only"):
     data.load('voc_segmentation', str(tmp_path))
   assert 'voc' in tfds.list_builders()  # the detection builder that exists
   with pytest.raises(UserError) as e:  # VOC detection: through tfds, when it is prepared
     data.load('voc', str(tmp_path))
-  assert 'not prepared' in str(e.value) and 'tfds build voc/2007' in str(e.value)
+  assert 'not prepared' in str(e.value) and 'python -m cnn_jax.data.prepare voc/2007' in str(
+    e.value
+  )

@@ -240,8 +240,7 @@ def test_a_tfrecord_build_gets_the_command_that_rebuilds_it(tmp_path):
     data.load('cifar10', str(tmp_path))
   assert str(e.value) == (
     f"dataset 'cifar10' in {tmp_path} is in tfrecord format, not array_record, which random "
-    f'access needs; rebuild it with: tfds build cifar10 --file_format=array_record '
-    f'--data_dir={tmp_path}'
+    f'access needs; rebuild it with: python -m cnn_jax.data.prepare cifar10 --data_dir={tmp_path}'
   )
 
 
@@ -324,3 +323,26 @@ def test_an_empty_validation_split_is_refused_before_training(tmp_path, data_dir
     'each class with 2 or more training examples'
   )
   assert not (tmp_path / 'w').exists()
+
+
+def test_the_prepare_command_builds_what_runs_read(tmp_path, capsys):
+  """`python -m cnn_jax.data.prepare` (what a "not prepared" error tells a user to run) with the
+  download redirected to generated CIFAR-10 files, as tests/tfds_fixtures.py does."""
+  import tensorflow_datasets as tfds
+  import tfds_fixtures
+
+  from cnn_jax import data
+  from cnn_jax.data import prepare
+
+  (tmp_path / 'src').mkdir()
+  builder = tfds.builder('cifar10', data_dir=str(tmp_path / 'data'))
+  sources = tfds_fixtures._WRITERS['cifar10'](builder, str(tmp_path / 'src'))
+  with tfds_fixtures._downloads_from(sources.files):
+    prepare.main(['cifar10', f'--data_dir={tmp_path / "data"}'])
+  last = capsys.readouterr().out.strip().splitlines()[-1]  # after tfds's own progress lines
+  assert last == f'prepared cifar10 in {tmp_path / "data"}/cifar10/3.0.2'
+  ds = data.load('cifar10', str(tmp_path / 'data'))
+  assert (len(ds.train) + len(ds.validation), len(ds.test)) == (40, 20)
+  with pytest.raises(SystemExit):
+    prepare.main(['cifar11'])
+  assert capsys.readouterr().err.startswith("error: no tfds dataset 'cifar11'; the datasets ")

@@ -64,7 +64,9 @@ class DatasetSpec:
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _CIFAR_TRANSLATE = 10 / 32  # AutoAugment's CIFAR range: 10 px at 32 px
-TFDS_BUILD = 'tfds build {name} --file_format=array_record --data_dir={data_dir}'
+# What prepares a tfds dataset in array_record format (cnn_jax/data/prepare.py: tfds build's work
+# through tfds's Python API, since the `tfds` command needs apache_beam).
+TFDS_BUILD = 'python -m cnn_jax.data.prepare {name} --data_dir={data_dir}'
 
 DATASETS: dict[str, DatasetSpec] = {
   # Built here from scikit-learn's copy; mean/std of the 8x8 pixels scaled to [0, 1].
