@@ -7,12 +7,12 @@ The claim (notes 004, transfer learning): with a small labelled set, keep the ea
 net trained on another task fixed and train only a new softmax layer; with more data, freeze
 fewer layers or fine-tune them all; the more data, the more layers can train.
 
-Source task: ResNet-20 on digit classes 0-4 (all their 721 training images), configs/resnet.py's
+Source task: ResNet-20 on digit classes 0-4 (all their 648 training images), configs/resnet.py's
 offline recipe unchanged (batch 128, SGD + Nesterov 0.1, 1 warmup epoch then cosine, weight decay
 5e-4, label smoothing 0.1, random 2-pixel shifts) for --source_steps (50 = its 10 epochs), seed 0,
 once: its checkpoint is the pretrained backbone. Target task: classes 5-9 (relabelled 0-4) with n
 labelled training images per class (config.train_examples_per_class: 5, 20, or all of them:
-716 in all), a stratified draw that changes with the seed; tested on every test image of
+644 in all), a stratified draw that changes with the seed; tested on every test image of
 classes 5-9 (180). Arms, each --steps steps of batch --batch_size with the same recipe and one
 learning rate (--lr, the recipe's 0.1 unless set; not tuned for any arm), warmup 10% of the steps:
   scratch   a fresh ResNet-20, every layer trained

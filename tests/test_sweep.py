@@ -370,8 +370,10 @@ def test_two_shards_one_killed_and_rerun_gather_one_table(tmp_path, data_dir):
     summary = helpers.summary(os.path.join(workdir, trial))
     assert float(row['test_accuracy']) == summary['test_accuracy']
   # Both processes printed the same markdown table at the end.
-  tables = [out.strip().splitlines()[-5:] for out, _ in results]
-  assert tables[0] == tables[1] and tables[0][-1].startswith('| 0 | lr=0.2 | 0.2 |')
+  # Header, rule, 3 rows, a blank line, the stage's choice (on validation).
+  tables = [out.strip().splitlines()[-7:] for out, _ in results]
+  assert tables[0] == tables[1] and tables[0][4].startswith('| 0 | lr=0.2 | 0.2 |')
+  assert tables[0][-1].startswith('Stage 0: chosen on the validation split, ')
   assert os.path.getsize(os.path.join(workdir, 'sweep.png')) > 0
 
 
