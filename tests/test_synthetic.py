@@ -45,6 +45,50 @@ def test_batches_are_a_pure_function_of_seed_and_step():
   assert not np.array_equal(other_seed['image'], first[0]['image'])
 
 
+def test_blocks_are_drawn_per_host_and_look_normalised():
+  # 70 rows: blocks of 32, 32 and 6; two hosts of 35 rows each straddle the middle block.
+  data = data_lib.load('synthetic')
+  whole = _train(data, global_batch=70, image_size=8, channels=3)[1]
+  hosts = [
+    _train(data, global_batch=70, image_size=8, channels=3, process_index=i, process_count=2)[1]
+    for i in range(2)
+  ]
+  for key in ('image', 'label'):
+    assert np.array_equal(np.concatenate([h[key] for h in hosts]), whole[key])
+  image = whole['image']
+  assert abs(image.mean()) < 0.05 and abs(image.var() - 1) < 0.05
+  assert image.min() >= -np.sqrt(3) and image.max() <= np.sqrt(3)
+
+
+def test_segmentation_variant_gives_label_maps_on_cells():
+  data = data_lib.load('synthetic_segmentation:21')
+  assert data.spec.segmentation and data.num_classes == 21
+  batch = _train(data, image_size=20, channels=3)[0]
+  maps = batch['segmentation']
+  assert maps.shape == (8, 20, 20) and maps.dtype == np.int32 and maps.max() < 21
+  assert 'label' not in batch
+  # Constant on 8 x 8 cells, the last cell cropped to 4 pixels.
+  assert np.array_equal(maps[:, :8, :8], np.broadcast_to(maps[:, :1, :1], (8, 8, 8)))
+  assert np.array_equal(maps[:, 16:, 16:], np.broadcast_to(maps[:, 16:17, 16:17], (8, 4, 4)))
+  assert len(np.unique(maps)) > 10
+  padded = list(data_lib.eval_iterator(data, global_batch=1000, image_size=8, channels=1))
+  last = padded[-1]  # 1,024 = 1,000 + 24: 976 padded rows, all ignored
+  assert last['mask'].sum() == 24 and (last['segmentation'][24:] == 255).all()
+  assert (last['segmentation'][:24] < 21).all()
+
+
+@pytest.mark.slow
+def test_segmentation_variant_trains_a_unet(tmp_path):
+  from configs import unet
+
+  overrides = {'dataset': 'synthetic_segmentation:3', 'model.name': 'unet_tiny'}
+  overrides.update(image_size=16, batch_size=8, eval_batch_size=256, num_train_steps=2)
+  config = helpers.set_fields(unet.get_config(), **overrides, eval_every_steps=-1)
+  summary = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert 0 <= summary['test_mean_iou'] <= 1 and summary['compile_seconds'] > 0
+  assert summary['host_peak_rss_mib'] > 0 and 'device_peak_mib' not in summary  # CPU
+
+
 def test_eval_split_counts_each_example_once_and_repeats():
   data = data_lib.load('synthetic')
   options = dict(global_batch=300, image_size=4, channels=3)
@@ -58,6 +102,10 @@ def test_eval_split_counts_each_example_once_and_repeats():
   'overrides, message',
   [
     ({'dataset': 'synthetic:0'}, r"dataset 'synthetic:0': give the number of classes"),
+    (
+      {'dataset': 'synthetic_segmentation:300'},
+      r"dataset 'synthetic_segmentation:300': give .* >= 1 and < 255",
+    ),
     ({'data_classes': (1, 2)}, 'config.data_classes .* not available for synthetic data'),
     ({'augment.flip': True}, 'config.augment is not available for synthetic data'),
     ({'model.num_classes': 5}, "config.model.num_classes=5 but dataset 'synthetic' has 10"),
@@ -103,6 +151,10 @@ def test_trains_evaluates_and_resumes_without_tensorflow(tmp_path):
   main(parts, 6)  # ... and resumes there
   first, second = helpers.summary(str(whole)), helpers.summary(str(parts))
   assert second['resumed_from_step'] == 3
+  # This process's first step (trace + compile) and peak memory; the CPU backend counts no
+  # device bytes.
+  assert first['compile_seconds'] > 0 and first['host_peak_rss_mib'] > 100
+  assert 'device_peak_mib' not in first
   assert first['params_sha256'] == second['params_sha256']
   assert [r['loss'] for r in helpers.metric_rows(str(whole)) if r['split'] == 'train'][-3:] == [
     r['loss'] for r in helpers.metric_rows(str(parts)) if r['split'] == 'train'

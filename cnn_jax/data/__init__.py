@@ -80,7 +80,7 @@ def class_subset(
 
 def augment_options(spec: Any, augment: Any = None) -> Any:
   """config.augment resolved for the dataset (cnn_jax/data/codecs.py: augment_options)."""
-  if spec.tfds_name == synthetic.NAME:
+  if synthetic.is_synthetic(spec.tfds_name):
     if augment is not None and any(v is not None for v in dict(augment).values()):
       raise synthetic.refuse('config.augment')
     return None

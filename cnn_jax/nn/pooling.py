@@ -10,7 +10,10 @@ window taps at offset i mod stride, each a shifted copy of an output-sized array
 a sum of a few pads that XLA fuses into one loop, and the phases are interleaved by one reshape.
 Max pooling sends each output's gradient to the first input in the window equal to the maximum
 (what select-and-scatter does, ties included); average pooling spreads it evenly over the
-window. On GPU/TPU, `max_pool` and `avg_pool` are flax's as they are.
+window. On GPU/TPU, `max_pool` and `avg_pool` are flax's as they are, except that `max_pool`
+keeps the phase-wise backward where XLA_FLAGS asks for deterministic GPU kernels
+(cnn_jax/core/determinism.py): XLA has no deterministic select-and-scatter and refuses to compile
+one under those flags.
 """
 
 import functools
@@ -22,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cnn_jax.core import determinism
 from cnn_jax.nn.conv import explicit_padding
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -130,6 +134,12 @@ def _fast_path(x: jax.Array) -> bool:
   return jax.default_backend() == 'cpu' and x.ndim == 4
 
 
+def _phase_wise_max(x: jax.Array) -> bool:
+  """The phase-wise max-pool backward: fast on CPU, and deterministic where XLA:GPU is asked
+  for deterministic kernels (no select-and-scatter)."""
+  return x.ndim == 4 and (jax.default_backend() == 'cpu' or determinism.requested())
+
+
 def max_pool(
   x: jax.Array,
   window: Sequence[int],
@@ -139,7 +149,7 @@ def max_pool(
   """`flax.linen.max_pool` of an NHWC batch (padding counts as -inf), faster to train on CPU."""
   window = tuple(int(w) for w in window)
   strides = tuple(int(s) for s in (strides or window))
-  if not _fast_path(x):
+  if not _phase_wise_max(x):
     return nn.max_pool(x, window, strides, padding)
   return _max_pool(x, window, strides, explicit_padding(padding, x.shape[1:3], window, strides))
 

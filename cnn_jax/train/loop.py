@@ -101,6 +101,20 @@ def evaluate(exp: Experiment, state: TrainState, eval_fn, split: str) -> dict[st
   return exp.task.finalize(totals)
 
 
+def peak_memory() -> dict[str, float]:
+  """This process's peak memory in MiB: host RSS, and the accelerators' peak bytes in use where
+  the backend counts them (GPU, TPU; not the CPU backend)."""
+  import resource
+
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+  out = {'host_peak_rss_mib': round(rss / 1024, 1)}
+  stats = [d.memory_stats() for d in jax.local_devices()]
+  peaks = [s['peak_bytes_in_use'] for s in stats if s and 'peak_bytes_in_use' in s]
+  if peaks:
+    out['device_peak_mib'] = round(max(peaks) / 2**20, 1)
+  return out
+
+
 def _write_pictures(exp: Experiment, state: TrainState, count: int = 8) -> None:
   """The task's pictures of the first `count` eval images, with the final weights."""
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
@@ -192,13 +206,18 @@ def _train(
 
   history, last_log, log_time = [], start_step, time.time()
   last_eval = None  # (step, metrics) of the latest scheduled evaluation
+  compile_seconds = None
   bar = tqdm(
     total=exp.num_steps, initial=start_step, unit='step', disable=not primary, dynamic_ncols=True
   )
   with bar, Preemption() as preemption:  # the bar closes before an error is printed
     for step in range(start_step + 1, exp.num_steps + 1):
       batch = runner.put_batch(exp.task.prepare(next(batches)))
+      called = time.perf_counter()
       state, metrics = step_fn(state, batch, *inputs)
+      if compile_seconds is None:  # the first call traces and compiles, then queues the step
+        compile_seconds = time.perf_counter() - called
+        logging.info('Train step traced and compiled in %.1f s.', compile_seconds)
       # Wait for the previous step, not this one: the device always has the next step queued,
       # while the host stays at most one step ahead (bounded memory, an honest progress bar).
       if history:
@@ -263,6 +282,8 @@ def _train(
     **{f'{split}_{k}': v for split, metrics in final.items() for k, v in metrics.items()},
     **exp.task.summary(),
     'wall_seconds': round(time.time() - start_time, 1),
+    'compile_seconds': round(compile_seconds or 0.0, 2),  # this process's first train step
+    **peak_memory(),
     'devices': runner.num_devices,
     'processes': jax.process_count(),
     'params_sha256': fingerprint(host_state.params, host_state.batch_stats),

@@ -99,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     help='smoke test: 3 steps, batch 4, no torch.compile; no cold compile unless named',
   )
   parser.add_argument('--cold_compile_child', default='', help=argparse.SUPPRESS)
+  parser.add_argument(
+    '--cold_compile_step', default='trainer', choices=['trainer', 'bare'], help=argparse.SUPPRESS
+  )
   args = parser.parse_args(argv)
 
   quick = args.quick

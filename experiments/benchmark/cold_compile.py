@@ -1,5 +1,6 @@
-"""The cold compile of a train step: the trainer's step built and compiled in a fresh Python
-process (nothing cached; persistent cache off), trace + lower and XLA's compile timed apart."""
+"""The cold compile of a train step: the trainer's step (or the bare `jax.jit` step it is compared
+with, `--cold_compile_step=bare`) built and compiled in a fresh Python process (nothing cached;
+persistent cache off), trace + lower and XLA's compile timed apart."""
 
 import argparse
 import json
@@ -18,7 +19,8 @@ from experiments.benchmark.tables import fmt_s
 
 
 def cold_compile_child(args: argparse.Namespace) -> None:
-  """In a fresh process: build the trainer's step of one model and time its first compile."""
+  """In a fresh process: build the trainer's (or the bare) step of one model and time its first
+  compile."""
   jax.config.update('jax_enable_compilation_cache', False)
   t0 = time.perf_counter()
   bench = bench_spec(args.cold_compile_child)
@@ -30,18 +32,21 @@ def cold_compile_child(args: argparse.Namespace) -> None:
     config,
     bench.num_classes,
     synthetic_batch(batch, size, bench.num_classes, segmentation),
-    only_trainer=True,
+    only=args.cold_compile_step,
   )
   result = dict(
+    step=args.cold_compile_step,
     init_s=steps.timings['init']['seconds'],
-    lower_s=steps.timings['trainer']['lower_s'],
-    xla_compile_s=steps.timings['trainer']['compile_s'],
+    lower_s=steps.timings[args.cold_compile_step]['lower_s'],
+    xla_compile_s=steps.timings[args.cold_compile_step]['compile_s'],
     build_s=time.perf_counter() - t0,
   )
   print('COLD_COMPILE ' + json.dumps(result), flush=True)
 
 
-def bench_cold_compile(name: str, batch: int, image_size: int, dtype: str, machine: dict) -> dict:
+def bench_cold_compile(
+  name: str, batch: int, image_size: int, dtype: str, machine: dict, step: str = 'trainer'
+) -> dict:
   """Runs cold_compile_child in a fresh Python process (so nothing is cached) and reads it."""
   load_before = os.getloadavg()
   cmd = [
@@ -52,6 +57,7 @@ def bench_cold_compile(name: str, batch: int, image_size: int, dtype: str, machi
     f'--batch_sizes={batch}',
     f'--image_size={image_size}',
     f'--dtype={dtype}',
+    f'--cold_compile_step={step}',
   ]
   t0 = time.perf_counter()
   # On a GPU this process and PyTorch hold memory already; compiling needs little.
@@ -60,6 +66,7 @@ def bench_cold_compile(name: str, batch: int, image_size: int, dtype: str, machi
   wall = time.perf_counter() - t0
   row = dict(
     kind='cold_compile',
+    step=step,
     model=name,
     batch=batch,
     image_size=image_size,
@@ -76,5 +83,6 @@ def bench_cold_compile(name: str, batch: int, image_size: int, dtype: str, machi
     row['train_step_compile_s'] = row['lower_s'] + row['xla_compile_s']
   row['load_average_before'], row['load_average_after'] = load_before, os.getloadavg()
   row['machine'] = machine
-  print(f'cold compile {name}: {fmt_s(row.get("train_step_compile_s"))} s {row.get("status", "")}')
+  seconds = fmt_s(row.get('train_step_compile_s'))
+  print(f'cold compile {name} ({step}): {seconds} s {row.get("status", "")}')
   return row

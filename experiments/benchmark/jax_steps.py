@@ -59,8 +59,9 @@ class JaxSteps:
   """Our trainer's step, the bare step and inference of one model, each on its own state."""
 
   def __init__(
-    self, config: ml_collections.ConfigDict, num_classes: int, batch: dict, *, only_trainer=False
+    self, config: ml_collections.ConfigDict, num_classes: int, batch: dict, *, only: str = ''
   ):
+    """`only`: 'trainer' or 'bare' builds that step alone (a cold compile), '' all three."""
     self.timings: dict[str, dict[str, float]] = {}
     spec = data_lib.DATASETS[config.dataset]
     model = train.create_model(config, num_classes)
@@ -97,13 +98,15 @@ class JaxSteps:
     self.params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(host.params))
     self.segmentation = spec.segmentation
 
-    step = runner.compile(functools.partial(train.train_step, model=model, tx=tx, task=task))
-    self._state = {'trainer': runner.put_state(host)}
-    self._trainer_batch = runner.put_batch(batch)
-    self._trainer, lower_s, compile_s = aot(step, self._state['trainer'], self._trainer_batch)
-    self.timings['trainer'] = {'lower_s': lower_s, 'compile_s': compile_s}
-    if only_trainer:
-      return
+    self._state = {}
+    if only != 'bare':
+      step = runner.compile(functools.partial(train.train_step, model=model, tx=tx, task=task))
+      self._state['trainer'] = runner.put_state(host)
+      self._trainer_batch = runner.put_batch(batch)
+      self._trainer, lower_s, compile_s = aot(step, self._state['trainer'], self._trainer_batch)
+      self.timings['trainer'] = {'lower_s': lower_s, 'compile_s': compile_s}
+      if only == 'trainer':
+        return
 
     # The same module without the mesh axis: BatchNorm statistics of this device alone.
     self.bare_model = model.clone(norm_axis_name=None)
@@ -118,6 +121,8 @@ class JaxSteps:
     )
     self._bare, lower_s, compile_s = aot(bare, self._state['bare'], self._batch)
     self.timings['bare'] = {'lower_s': lower_s, 'compile_s': compile_s}
+    if only == 'bare':
+      return
 
     def forward(variables, images):
       return self.bare_model.apply(variables, images, train=False)
