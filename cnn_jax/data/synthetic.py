@@ -13,9 +13,10 @@ over the classes; a segmentation label map is constant on 8 x 8 pixel cells (reg
 per-pixel noise). A batch is a pure function of (seed, step): its rows are drawn in blocks of
 `BLOCK` rows, block j from the stream (seed, step, j), so each host draws only the blocks of its
 own rows and resume is exact as with real data. The blocks are drawn in threads (NumPy releases
-the GIL while it fills an array): a ResNet-50 batch of 256 x 224 x 224 x 3 takes 65 ms on two
-cores of the 2-core AMD EPYC development machine (lscpu), where a single-threaded standard
-normal draw took 450 ms, which would have capped a GPU run at ~570 images/s.
+the GIL while it fills an array): a ResNet-50 batch of 256 x 224 x 224 x 3 took 61-79 ms
+(after the first two; 12 batches, the machine shared with another job) on the 2-core AMD EPYC
+development machine (lscpu), where one single-threaded standard-normal draw of it took 450 ms,
+which would have capped a GPU run at about 570 images/s.
 
 The train split counts 12,800 examples (100 steps an epoch at batch 128), the validation and test
 splits 1,024 each, each drawn from a fixed stream of its own. No augmentation, class subsets or
