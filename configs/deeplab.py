@@ -1,20 +1,43 @@
 """DeepLab v3 / v3+ (Chen et al. 2017, 2018). Offline default: v3+ on digit_scenes.
 
   python main.py --config=configs/deeplab.py --workdir=runs/deeplab_digit_scenes
-  --config.model.name=deeplabv3_resnet50     torchvision's v3 (output stride 8, aux FCN head)
+  --config.model.name=deeplabv3_resnet50     v3 (3x3 head instead of the decoder, aux FCN head) at
+                                             this config's output stride 16 and ASPP rates
   --config.segmentation.crf=True             dense CRF on the eval predictions
 
 The offline default is DeepLab v3+ (ASPP, decoder with the stride-4 features, depthwise-separable
 convs) on a ResNet-18 backbone at output stride 16 with a 64-wide head: at 64x64 the ASPP sees a
-4x4 map, so its rates are 1/2/3 (the paper's 6/12/18 are for 513-pixel crops at stride 16).
+4x4 map, so its rates are 1/2/3 (the paper's 6/12/18 are for 513-pixel crops at stride 16). It
+evaluates at its training stride and has no multi-grid (ResNet-18's last stage has two blocks);
+`--config.model.eval_output_stride=8` evaluates the same weights at output stride 8 (ASPP rates
+2/4/6 there).
 
 Variants (the dataset prepared with tfds, see README):
-  :pets   oxford_iiit_pet at 256x256 (a multiple of the output stride), DeepLab v3+ ResNet-50,
+  :pets   oxford_iiit_pet at 256x256 (a multiple of both output strides), DeepLab v3+ ResNet-50,
           the paper's recipe: SGD momentum 0.9, lr 0.007 "poly" (power 0.9; linear here), weight
-          decay 4e-5 (1e-4 for ResNet in torchvision), batch 16, 30k steps.
+          decay 4e-5 (1e-4 for ResNet in torchvision), batch 16, 30k steps; multi-grid (1, 2, 4)
+          in stage 4; trained at output stride 16 (ASPP 6/12/18), evaluated at 8 (12/24/36).
+
+ImageNet weights, as the papers start from: torchvision's resnet50 weights into the backbone.
+The torchvision loader maps a classifier's names, so the backbone's weights go through a
+variables.npz (names 'params/backbone/...') that init_from reads:
+
+  python -m cnn_jax.weights.torchvision convert resnet50.pth resnet50.npz   # needs torch, once
+
+  from cnn_jax import models  # then, in Python: the backbone's weights under 'backbone/'
+  from cnn_jax.weights import npz, torchvision as tv
+  backbone = models.create('deeplabv3plus_resnet50').make_backbone()
+  v = tv.load(backbone, 'resnet50.npz', skip='^fc[.]')  # the classifier's fc: no use here
+  npz.save_npz('resnet50_backbone.npz', {c: {'backbone': t} for c, t in v.items()})
+
+  python main.py --config=configs/deeplab.py:pets --workdir=runs/deeplab_pets \
+    --config.init_from.path=resnet50_backbone.npz --config.init_from.load='^backbone/'
+
+(tests/test_deeplab.py runs these steps on a torchvision-named ResNet state dict.)
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import default
 
@@ -25,7 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.name = 'deeplabv3plus_resnet50'
   config.model.backbone = 'resnet18'
   config.model.output_stride = 16
-  config.model.aspp_rates = (1, 2, 3)
+  config.model.eval_output_stride = config_dict.placeholder(int)  # None: output_stride
+  config.model.multi_grid = ()  # ResNet-18 has two blocks in stage 4, the paper's grid three
+  config.model.aspp_rates = (1, 2, 3)  # at output_stride; a smaller eval stride scales them
   config.model.aspp_features = 64
   config.model.decoder_features = 64
   config.optimizer.name = 'adamw'
@@ -38,7 +63,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.image_size = 256
     config.batch_size = 16
     config.model.backbone = 'resnet50'
-    config.model.aspp_rates = (6, 12, 18)
+    config.model.eval_output_stride = 8  # the paper's: train at 16, evaluate at 8
+    config.model.multi_grid = (1, 2, 4)
+    config.model.aspp_rates = (6, 12, 18)  # (12, 24, 36) in evaluation at output stride 8
     config.model.aspp_features = 256
     config.model.decoder_features = 256
     config.optimizer.name = 'sgd'

@@ -1,5 +1,6 @@
 """DeepLab v3 / v3+: torchvision parameter counts, shapes, the input-size rule, the aux head,
-and the head-less ResNet backbone it is built on."""
+the head-less ResNet backbone it is built on, the paper's multi-grid and evaluation output
+stride, and ImageNet weights into the backbone (init_from)."""
 
 from functools import partial
 
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from cnn_jax import models
 from cnn_jax.core.errors import UserError
@@ -20,7 +22,10 @@ from cnn_jax.models.deeplab import (
   deeplabv3plus,
   deeplabv3plus_tiny,
 )
-from cnn_jax.models.resnet import resnet
+from cnn_jax.models.resnet import DILATION_FOR_OUTPUT_STRIDE, resnet
+from cnn_jax.weights import npz, transfer
+from cnn_jax.weights import torchvision as tvw
+from configs import deeplab as deeplab_config
 
 
 def _apply_shapes(model: nn.Module, input_shape: tuple[int, ...], train: bool = False):
@@ -252,3 +257,190 @@ def test_tiny_train_step_with_aux_loss():
   assert np.abs(grads['backbone']['stem_conv']['kernel']).max() > 0
   changed = jax.tree.map(lambda a, b: bool((a != b).any()), stats, new_stats)
   assert all(jax.tree.leaves(changed)), 'some running statistics were not updated'
+
+
+# The paper's multi-grid and evaluation output stride (Chen et al. 2017, Sections 3.2 and 4).
+
+
+def _dilations(model: nn.Module, input_shape: tuple[int, ...], train: bool) -> dict[str, int]:
+  """The dilation of every 3x3 conv of the backbone's last stage and of the ASPP, by module path,
+  as one apply (train or eval) calls them; and the ASPP's input shape under 'aspp_input'."""
+  seen = {}
+
+  def record(next_fun, args, kwargs, context):
+    module = context.module
+    path = '/'.join(module.scope.path)
+    if isinstance(module, nn.Conv) and tuple(module.kernel_size) == (3, 3):
+      if path.startswith(('backbone/stage4', 'aspp/')):
+        seen[path] = module.kernel_dilation
+    if path == 'aspp' and context.method_name == '__call__':
+      seen['aspp_input'] = args[0].shape
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    _apply_shapes(model, input_shape, train=train)
+  return seen
+
+
+def test_multi_grid_rates_follow_the_paper_and_none_is_torchvisions():
+  # Stage 4's three blocks: the stage's rate times (1, 2, 4), the first block included.
+  os16, os8 = DILATION_FOR_OUTPUT_STRIDE[16], DILATION_FOR_OUTPUT_STRIDE[8]
+  grid = resnet(50, replace_stride_with_dilation=os16, multi_grid=(1, 2, 4))
+  assert grid.block_dilations() == ((1, 1, 1), (1, 1, 1, 1), (1,) * 6, (2, 4, 8))
+  grid = grid.clone(replace_stride_with_dilation=os8)
+  assert grid.block_dilations() == ((1, 1, 1), (1, 1, 1, 1), (1, 2, 2, 2, 2, 2), (4, 8, 16))
+  # torchvision's rule (no multi-grid): a dilated stage's first block keeps the previous rate.
+  assert resnet(50, replace_stride_with_dilation=os16).block_dilations()[3] == (1, 2, 2)
+  assert resnet(50, replace_stride_with_dilation=os8).block_dilations()[3] == (2, 4, 4)
+  assert resnet(50).block_dilations() == ((1, 1, 1), (1, 1, 1, 1), (1,) * 6, (1, 1, 1))
+  # At output stride 32 the grid still multiplies (the TensorFlow reference's unit rates).
+  assert resnet(101, multi_grid=(1, 2, 4)).block_dilations()[3] == (1, 2, 4)
+  # The factories: the paper's grid on ResNet-50/101/152, none elsewhere.
+  assert deeplabv3('resnet50').make_backbone().block_dilations()[3] == (4, 8, 16)  # OS 8
+  assert deeplabv3plus('resnet101').make_backbone().block_dilations()[3] == (2, 4, 8)  # OS 16
+  assert deeplabv3plus('resnet101').make_backbone(8).block_dilations()[3] == (4, 8, 16)
+  assert deeplabv3('resnet50', multi_grid=()).make_backbone().block_dilations()[3] == (2, 4, 4)
+  assert deeplabv3('resnet18').multi_grid == () and deeplabv3plus('mobilenet_v2').multi_grid == ()
+  assert deeplab_tiny().multi_grid == ()
+
+
+def test_multi_grid_and_eval_stride_are_what_the_convs_run():
+  # A tiny backbone with the paper's three blocks in stage 4 (basic blocks: both 3x3 convs dilate),
+  # trained at output stride 16 and evaluated at 8.
+  model = deeplab_tiny(
+    backbone_kwargs=dict(TINY_BACKBONE, stage_sizes=(1, 1, 1, 3)),
+    multi_grid=(1, 2, 4),
+    eval_output_stride=8,
+    aux_loss=False,
+  )
+  for train, stride, rates in ((True, 16, (2, 4, 8)), (False, 8, (4, 8, 16))):
+    seen = _dilations(model, (1, 32, 32, 3), train)
+    for j, rate in enumerate(rates, start=1):
+      assert seen[f'backbone/stage4_block{j}/conv1'] == seen[f'backbone/stage4_block{j}/conv2']
+      assert seen[f'backbone/stage4_block{j}/conv1'] == rate, (train, j)
+    assert seen['aspp_input'][1:3] == (32 // stride, 32 // stride)
+    aspp = tuple(seen[f'aspp/atrous{i}/conv'] for i in (1, 2, 3))
+    assert aspp == aspp_rates_for(stride) == ((6, 12, 18) if train else (12, 24, 36))
+
+
+def test_eval_output_stride_keeps_the_parameters_and_scales_given_rates():
+  base = deeplabv3plus_tiny(aspp_rates=(1, 2, 3))
+  trees = [
+    jax.tree.map(lambda a: (a.shape, a.dtype), helpers.shapes(m, (1, 32, 32, 3)))
+    for m in (base, base.clone(eval_output_stride=8), base.clone(output_stride=8))
+  ]
+  assert trees[0] == trees[1] == trees[2]
+  model = base.clone(eval_output_stride=8)
+  assert model.output_stride_for(True) == 16 and model.output_stride_for(False) == 8
+  # The rates given are the training stride's: halving the stride doubles them.
+  assert model.resolved_aspp_rates() == (1, 2, 3) and model.resolved_aspp_rates(8) == (2, 4, 6)
+  for train, stride, rates in ((True, 16, (1, 2, 3)), (False, 8, (2, 4, 6))):
+    logits, _ = _apply_shapes(model, (2, 32, 32, 3), train=train)
+    assert logits.shape == (2, 32, 32, 10)
+    seen = _dilations(model, (1, 32, 32, 3), train)
+    assert seen['aspp_input'][1:3] == (32 // stride,) * 2
+    assert tuple(seen[f'aspp/atrous{i}/conv'] for i in (1, 2, 3)) == rates
+  # No eval stride: evaluation runs at the training one, as before.
+  assert base.output_stride_for(False) == 16 and base.resolved_aspp_rates(16) == (1, 2, 3)
+
+
+def test_multi_grid_and_eval_stride_change_no_parameter_count():
+  three = dict(TINY_BACKBONE, stage_sizes=(1, 1, 1, 3))
+  trees = [
+    jax.tree.map(lambda a: a.shape, helpers.shapes(m, (1, 32, 32, 3)))
+    for m in (
+      deeplab_tiny(backbone_kwargs=three),
+      deeplab_tiny(backbone_kwargs=three, multi_grid=(1, 2, 4), eval_output_stride=8),
+    )
+  ]
+  assert trees[0] == trees[1]
+  assert helpers.param_count(deeplabv3('resnet50', multi_grid=()), (1, 64, 64, 3)) == 42_004_074
+  assert helpers.param_count(deeplabv3plus('resnet50', eval_output_stride=8), (1, 64, 64, 3)) == (
+    39_211_461
+  )
+  assert deeplabv3plus('resnet50').multi_grid == (1, 2, 4)
+
+
+def test_eval_stride_input_sizes_and_bad_fields():
+  # Sizes must suit both strides: 40 is a multiple of 8, not of 16.
+  with pytest.raises(
+    UserError,
+    match=r'v3 \(output stride 8, 16 in evaluation\) cannot take 40x40 .* multiples of 16; '
+    'nearest valid sizes: 32, 48$',
+  ):
+    deeplab_tiny(output_stride=8, eval_output_stride=16).check_input_size(40, 40)
+  deeplab_tiny(eval_output_stride=8).check_input_size(48, 48)
+  with pytest.raises(UserError, match=r'eval_output_stride=4; expected one of \[8, 16, 32\] or'):
+    deeplab_tiny(eval_output_stride=4).make_backbone()
+  with pytest.raises(UserError, match=r'aspp_rates=\(3,\) at output stride 8 give rates'):
+    deeplab_tiny(output_stride=8, eval_output_stride=16, aspp_rates=(3,)).resolved_aspp_rates(16)
+  with pytest.raises(UserError, match=r'multi_grid=\(1, 2, 4\): .* which has 1, or \(\)'):
+    helpers.shapes(deeplab_tiny(multi_grid=(1, 2, 4)), (1, 32, 32, 3))
+  with pytest.raises(UserError, match="backbone 'mobilenet_v2_tiny' has no multi-grid"):
+    deeplabv3plus('mobilenet_v2_tiny', multi_grid=(1, 2, 4)).make_backbone()
+  with pytest.raises(UserError, match=r'multi_grid=\(0,\); expected unit rates >= 1'):
+    deeplab_tiny(multi_grid=(0,)).make_backbone()
+
+
+def test_pets_config_is_the_papers_recipe():
+  model = deeplab_config.get_config('pets').model
+  assert (model.output_stride, model.eval_output_stride) == (16, 8)
+  assert model.multi_grid == (1, 2, 4) and model.aspp_rates == (6, 12, 18)
+  offline = deeplab_config.get_config().model
+  assert offline.eval_output_stride is None and offline.multi_grid == ()
+
+
+# ImageNet weights into the backbone: a torchvision-named ResNet state dict (a fake: `export` of
+# random variables) of ResNet-50's layout (bottleneck blocks: conv1-3, bn1-3, downsample in each
+# stage's first block) at the tiny widths.
+_BOTTLENECK = dict(TINY_BACKBONE, block='bottleneck')
+
+
+def _torchvision_resnet(path) -> dict:
+  classifier = models.create('resnet_tiny', **_BOTTLENECK)
+  shapes = tvw._target(classifier, (32, 32, 3))
+  rng = np.random.default_rng(3)
+  flat = {k: rng.standard_normal(s.shape, dtype=np.float32) for k, s in shapes.items()}
+  state = tvw.export(classifier, traverse_util.unflatten_dict(flat))
+  assert 'layer4.0.downsample.0.weight' in state and 'fc.weight' in state
+  np.savez(path, **state)
+  return traverse_util.unflatten_dict(flat)  # ours, with the classifier's 'head'
+
+
+def _init_from(model, path: str, load: str) -> tuple[dict, dict]:
+  config = deeplab_config.get_config('pets')
+  config.init_from.path, config.init_from.load = path, load
+  fresh = _numpy_variables(model, (1, 32, 32, 3))
+  return fresh, transfer.initialise(config, model, fresh, (32, 32, 3))
+
+
+def test_init_from_torchvision_resnet_weights_loads_the_backbone(tmp_path):
+  model = deeplabv3plus_tiny(backbone_kwargs=_BOTTLENECK, eval_output_stride=8)
+  want = _torchvision_resnet(tmp_path / 'resnet.npz')
+  # The steps configs/deeplab.py documents: the backbone's weights under 'backbone/', then
+  # init_from with load='^backbone/'.
+  v = tvw.load(model.make_backbone(), tmp_path / 'resnet.npz', skip='^fc[.]')
+  npz.save_npz(str(tmp_path / 'backbone.npz'), {c: {'backbone': t} for c, t in v.items()})
+  fresh, got = _init_from(model, str(tmp_path / 'backbone.npz'), '^backbone/')
+  for collection in ('params', 'batch_stats'):
+    loaded = traverse_util.flatten_dict(got[collection]['backbone'])
+    source = traverse_util.flatten_dict(want[collection])
+    assert set(source) - set(loaded) == (
+      {('head', 'kernel'), ('head', 'bias')} if collection == 'params' else set()
+    )
+    for key, value in loaded.items():
+      np.testing.assert_array_equal(value, source[key], err_msg='/'.join(key))
+    for name in set(got[collection]) - {'backbone'}:  # ASPP, decoder, classifier: fresh
+      jax.tree.map(np.testing.assert_array_equal, got[collection][name], fresh[collection][name])
+
+
+@pytest.mark.xfail(
+  strict=True,
+  raises=UserError,
+  reason='the torchvision loader maps classifiers only: a DeepLab model has no torchvision '
+  'family, so init_from.path cannot name resnet50.npz directly (cnn_jax/weights: to fix)',
+)
+def test_init_from_a_torchvision_npz_directly(tmp_path):
+  model = deeplabv3plus_tiny(backbone_kwargs=_BOTTLENECK)
+  _torchvision_resnet(tmp_path / 'resnet.npz')
+  _init_from(model, str(tmp_path / 'resnet.npz'), '^backbone/')

@@ -6,6 +6,24 @@ and v3+ (Chen et al. 2018, "Encoder-Decoder with Atrous Separable Convolution ..
   weights load into it. Output stride 16 or 8 comes from dilating the last stages instead of
   striding them (`replace_stride_with_dilation`, torchvision's field: OS 16 dilates stage 4, OS 8
   stages 3 and 4); a backbone without that field runs at its native output stride 32 only.
+- Multi-Grid (`multi_grid`, v3 paper Section 3.2): the three blocks of ResNet's last stage dilate
+  by the stage's rate times the unit rates (1, 2, 4): 2, 4, 8 at output stride 16, 4, 8, 16 at 8.
+  The default of both `deeplabv3` and `deeplabv3plus` on ResNet-50/101/152: v3+ keeps v3 as its
+  encoder, and the papers' TensorFlow code (research/deeplab) leaves its multi_grid flag unset by
+  default but asks for [1, 2, 4] with its ResNet-v1-beta checkpoints. Other backbones here
+  (ResNet-18/34, MobileNet-v2, the tiny nets) get none. torchvision's deeplabv3_resnet50/101 has
+  no multi-grid: its dilated stages keep the previous rate in their first block (stage 4 at its
+  output stride 8: 2, 4, 4); `multi_grid=()` is exactly that net. The paper's ResNet (v1) strides
+  in the last unit of block3, so all of block4 runs at the new rate; ours (torchvision's v1.5)
+  strides in the first block of stage 4, and with a multi-grid that block's 3x3 takes rate x 1
+  like the paper's first block4 unit (2 at output stride 16), not the previous rate (1) that
+  torchvision's rule gives it.
+- Evaluation output stride (`eval_output_stride`): the v3 paper trains at output stride 16 and
+  evaluates at 8 with the same weights (dilation changes no parameter shape). With train=False
+  (evaluation, predictions, exports) the backbone dilates for eval_output_stride and the ASPP
+  rates scale with it ((6, 12, 18) -> (12, 24, 36); explicit `aspp_rates` are the training
+  stride's and scale the same way); with train=True it runs at output_stride. None: the same
+  stride in both, as torchvision (8 and 8).
 - ASPP ('aspp'): a 1x1 conv, three 3x3 atrous convs (rates (6, 12, 18) at OS 16, doubled at OS 8:
   torchvision's (12, 24, 36)) and image pooling (global mean, 1x1 conv, BN, ReLU, broadcast back),
   256 channels each with BN + ReLU; concatenated, projected by a 1x1 conv to 256 + BN + ReLU +
@@ -26,12 +44,14 @@ and v3+ (Chen et al. 2018, "Encoder-Decoder with Atrous Separable Convolution ..
 
 Parameter counts (21 classes): v3 ResNet-50 with the aux head 42,004,074 and ResNet-101
 60,996,202 (torchvision's deeplabv3_resnet50 / _resnet101); v3+ ResNet-50 39,211,461, ResNet-101
-58,203,589 (no aux head, the output stride does not change them).
+58,203,589 (no aux head). Neither the output stride (training or evaluation) nor the multi-grid
+changes them.
 
-Input sizes: height and width must be multiples of the output stride (the decoder concatenates
-the upsampled stride-OS map with the stride-4 one, and bilinear upsampling by exactly OS keeps
-pixels aligned); other sizes raise UserError at trace time naming the nearest valid sizes. The
-logits have the input's height and width.
+Input sizes: height and width must be multiples of the output stride, of both strides when
+evaluation runs at another (the decoder concatenates the upsampled stride-OS map with the
+stride-4 one, and bilinear upsampling by exactly OS keeps pixels aligned); other sizes raise
+UserError at trace time naming the nearest valid sizes. The logits have the input's height and
+width.
 """
 
 import dataclasses
@@ -54,6 +74,8 @@ ModuleDef = Any
 VERSIONS = ('v3', 'v3+')
 # The paper's ASPP rates at output stride 16 (Section 4.1); rates scale with 16 / output stride.
 PAPER_RATES_OS16 = (6, 12, 18)
+# The paper's Multi-Grid unit rates for ResNet's last stage (Section 3.2's example).
+PAPER_MULTI_GRID = (1, 2, 4)
 
 
 def aspp_rates_for(output_stride: int) -> tuple[int, ...]:
@@ -171,8 +193,12 @@ class DeepLab(nn.Module):
   backbone: str = 'resnet50'  # a registry name; built head-less (num_classes=0)
   # Further backbone fields (tiny variants); stored as a FrozenDict to keep the module hashable.
   backbone_kwargs: Mapping[str, Any] = FrozenDict()
-  output_stride: int = 16  # 8, 16 (dilated last stages) or 32
-  aspp_rates: Sequence[int] | None = None  # None: (6, 12, 18) x 16 / output_stride
+  output_stride: int = 16  # in training: 8, 16 (dilated last stages) or 32
+  eval_output_stride: int | None = None  # with train=False; None: output_stride
+  # Unit rates of the backbone's last-stage blocks (ResNet's multi_grid); (): none.
+  multi_grid: Sequence[int] = ()
+  # At output_stride (eval_output_stride scales them); None: (6, 12, 18) x 16 / output_stride.
+  aspp_rates: Sequence[int] | None = None
   aspp_features: int = 256
   separable_aspp: bool = False
   aspp_dropout_rate: float = 0.5  # torchvision's v3; 0.1 in v3+
@@ -194,6 +220,7 @@ class DeepLab(nn.Module):
       object.__setattr__(self, 'backbone_kwargs', FrozenDict(self.backbone_kwargs))
     if self.aspp_rates is not None:
       object.__setattr__(self, 'aspp_rates', tuple(self.aspp_rates))
+    object.__setattr__(self, 'multi_grid', tuple(self.multi_grid))
     super().__post_init__()
 
   @nn.compact
@@ -208,15 +235,17 @@ class DeepLab(nn.Module):
       axis_name=self.norm_axis_name,
     )
     size = x.shape[1:3]
-    feats = self.make_backbone().clone(parent=self, name='backbone')(x, train=train, features=True)
+    stride = self.output_stride_for(train)  # one parameter tree at both strides
+    backbone = self.make_backbone(stride).clone(parent=self, name='backbone')
+    feats = backbone(x, train=train, features=True)
     high = self._feature(feats, self.high_level_feature)
-    if high.shape[1] * self.output_stride != size[0]:
+    if high.shape[1] * stride != size[0]:
       raise UserError(
-        f'DeepLab.output_stride={self.output_stride}, but backbone {self.backbone!r} gives '
+        f'DeepLab output stride {stride}, but backbone {self.backbone!r} gives '
         f'{size[0] / high.shape[1]:g} at {self.high_level_feature!r}; check backbone_kwargs'
       )
     y = ASPP(
-      self.resolved_aspp_rates(),
+      self.resolved_aspp_rates(stride),
       norm,
       features=self.aspp_features,
       separable=self.separable_aspp,
@@ -253,9 +282,17 @@ class DeepLab(nn.Module):
         aux.sow('aux_logits', 'logits', _resize(aux_logits, size))
     return logits
 
-  def make_backbone(self) -> nn.Module:
-    """The head-less backbone at `output_stride`, unbound (its `feature_info` is the table)."""
+  def output_stride_for(self, train: bool) -> int:
+    """The output stride of a call: output_stride in training, else eval_output_stride."""
+    if train or self.eval_output_stride is None:
+      return self.output_stride
+    return self.eval_output_stride
+
+  def make_backbone(self, output_stride: int | None = None) -> nn.Module:
+    """The head-less backbone at `output_stride` (None: the training one), unbound (its
+    `feature_info` is the table)."""
     self._check_fields()
+    stride = self.output_stride if output_stride is None else output_stride
     kwargs = dict(self.backbone_kwargs)
     kwargs.update(num_classes=0, dtype=self.dtype, norm_axis_name=self.norm_axis_name)
     from cnn_jax import models  # the registry imports this module
@@ -263,25 +300,41 @@ class DeepLab(nn.Module):
     module = models.create(self.backbone, parent=None, **kwargs)
     fields = {f.name for f in dataclasses.fields(module)}
     if 'replace_stride_with_dilation' in fields:
-      flags = DILATION_FOR_OUTPUT_STRIDE[self.output_stride]
-      module = module.clone(replace_stride_with_dilation=flags)
-    elif self.output_stride != 32:
+      module = module.clone(replace_stride_with_dilation=DILATION_FOR_OUTPUT_STRIDE[stride])
+    elif stride != 32:
       raise UserError(
-        f'DeepLab.output_stride={self.output_stride}: backbone {self.backbone!r} has no '
+        f'DeepLab output stride {stride}: backbone {self.backbone!r} has no '
         'dilated mode (replace_stride_with_dilation); it runs at output stride 32 only'
+      )
+    if 'multi_grid' in fields:
+      module = module.clone(multi_grid=self.multi_grid)
+    elif self.multi_grid:
+      raise UserError(
+        f'DeepLab.multi_grid={self.multi_grid}: backbone {self.backbone!r} has no multi-grid '
+        '(a ResNet field); set multi_grid=()'
       )
     return module
 
-  def resolved_aspp_rates(self) -> tuple[int, ...]:
-    """`aspp_rates`, or the papers' rates at this output stride."""
+  def resolved_aspp_rates(self, output_stride: int | None = None) -> tuple[int, ...]:
+    """The ASPP rates at `output_stride` (None: the training one): `aspp_rates` (given for the
+    training stride) times output_stride / that stride, or the papers' rates there."""
+    stride = self.output_stride if output_stride is None else output_stride
     if self.aspp_rates is None:
-      return aspp_rates_for(self.output_stride)
-    return tuple(self.aspp_rates)
+      return aspp_rates_for(stride)
+    rates = tuple(int(r) * self.output_stride / stride for r in self.aspp_rates)
+    if not all(r.is_integer() for r in rates):
+      raise UserError(
+        f'DeepLab.aspp_rates={tuple(self.aspp_rates)} at output stride {self.output_stride} '
+        f'give rates {tuple(f"{r:g}" for r in rates)} at {stride}; choose rates that scale to '
+        'whole numbers'
+      )
+    return tuple(int(r) for r in rates)
 
   def check_input_size(self, height: int, width: int) -> None:
-    """Raises UserError unless both sizes are multiples of the output stride."""
+    """Raises UserError unless both sizes are multiples of the output stride (of both strides
+    when evaluation runs at another)."""
     self._check_fields()
-    stride = self.output_stride
+    stride = max(self.output_stride_for(True), self.output_stride_for(False))
     bad = [(n, s) for n, s in (('height', height), ('width', width)) if s % stride]
     if not bad:
       return
@@ -291,8 +344,11 @@ class DeepLab(nn.Module):
       nearest = '; '.join(
         f'{", ".join(map(str, _nearest_multiples(s, stride)))} ({n})' for n, s in bad
       )
+    strides = f'output stride {self.output_stride}'
+    if self.output_stride_for(False) != self.output_stride:
+      strides += f', {self.eval_output_stride} in evaluation'
     raise UserError(
-      f'DeepLab {self.version} (output stride {stride}) cannot take {height}x{width} inputs: '
+      f'DeepLab {self.version} ({strides}) cannot take {height}x{width} inputs: '
       f'sizes must be multiples of {stride}; nearest valid sizes: {nearest}'
     )
 
@@ -312,11 +368,15 @@ class DeepLab(nn.Module):
   def _check_fields(self) -> None:
     if self.version not in VERSIONS:
       raise UserError(f'DeepLab.version={self.version!r}; expected one of {VERSIONS}')
-    if self.output_stride not in DILATION_FOR_OUTPUT_STRIDE:
-      raise UserError(
-        f'DeepLab.output_stride={self.output_stride}; expected one of '
-        f'{sorted(DILATION_FOR_OUTPUT_STRIDE)}'
-      )
+    for field in ('output_stride', 'eval_output_stride'):
+      value = getattr(self, field)
+      if value not in DILATION_FOR_OUTPUT_STRIDE and (field, value) != ('eval_output_stride', None):
+        raise UserError(
+          f'DeepLab.{field}={value}; expected one of {sorted(DILATION_FOR_OUTPUT_STRIDE)}'
+          + (' or None (the training one)' if field == 'eval_output_stride' else '')
+        )
+    if not all(int(g) >= 1 for g in self.multi_grid):
+      raise UserError(f'DeepLab.multi_grid={self.multi_grid}; expected unit rates >= 1')
     if self.aspp_rates is not None and not all(int(r) >= 1 for r in self.aspp_rates):
       raise UserError(f'DeepLab.aspp_rates={tuple(self.aspp_rates)}; expected rates >= 1')
     if not 0 <= self.aspp_dropout_rate < 1:
@@ -342,26 +402,33 @@ TINY_HEAD = dict(aspp_features=16, low_level_features=8, decoder_features=16)
 # to the classifier and goes unused), the decoder on 'stage2' (24 channels, stride 4). Output
 # stride 16 (the last row dilated, rates (6, 12, 18)) as the v3+ paper's mobile model and
 # torchvision's DeepLab-MobileNet use; 8 dilates the last two rows. No aux head, as in the paper.
+# ResNets with the paper's three-block last stage get its Multi-Grid; the others none (ResNet-18
+# and -34 were not in the paper, resnet_tiny has one block there).
 BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
-  name: dict(
-    high_level_feature='stage5',
-    low_level_feature='stage2',
-    aux_feature='stage4',
-    aux_loss=False,
-    output_stride=16,
-  )
-  for name in ('mobilenet_v2', 'mobilenet_v2_tiny')
+  **{
+    name: dict(
+      high_level_feature='stage5',
+      low_level_feature='stage2',
+      aux_feature='stage4',
+      aux_loss=False,
+      output_stride=16,
+    )
+    for name in ('mobilenet_v2', 'mobilenet_v2_tiny')
+  },
+  **{f'resnet{d}': dict(multi_grid=PAPER_MULTI_GRID) for d in (50, 101, 152)},
 }
 
 
 def deeplabv3(backbone: str = 'resnet50', **kwargs: Any) -> DeepLab:
-  """DeepLab v3 at torchvision's settings (OS 8, aux head); kwargs override fields."""
+  """DeepLab v3 at torchvision's settings (OS 8, aux head) with the paper's multi-grid on
+  ResNet-50/101/152 (`multi_grid=()`: torchvision's net); kwargs override fields."""
   defaults = TORCHVISION_V3 | BACKBONE_DEFAULTS.get(backbone, {})
   return DeepLab(backbone=backbone, **(defaults | kwargs))
 
 
 def deeplabv3plus(backbone: str = 'resnet50', **kwargs: Any) -> DeepLab:
-  """DeepLab v3+ at the paper's training settings (OS 16, no aux head); kwargs override fields."""
+  """DeepLab v3+ at the paper's training settings (OS 16, no aux head, multi-grid on
+  ResNet-50/101/152); kwargs override fields."""
   defaults = PAPER_V3PLUS | BACKBONE_DEFAULTS.get(backbone, {})
   return DeepLab(backbone=backbone, **(defaults | kwargs))
 

@@ -9,6 +9,8 @@
   C / r channels, after the last BN and before the addition: SE-ResNet (`seresnet(50)`: r = 16).
 - `replace_stride_with_dilation` (torchvision's field): later stages keep their resolution and
   dilate their 3x3 convs instead (DeepLab's atrous backbones, output stride 16 or 8).
+  `multi_grid` gives the last stage's blocks DeepLab v3's Multi-Grid unit rates (Chen et al.
+  2017, Section 3.2); `block_dilations()` lists every block's rate.
 - `deformable_stages` swaps the 3x3 convs of the named stages for modulated deformable convs
   (Zhu et al. 2019, `cnn_jax.nn.deformable`).
 - Noise for Noisy Student's student (Xie et al. 2020): `stochastic_depth_prob` (Huang et al.
@@ -213,6 +215,11 @@ class ResNet(nn.Module):
   # One flag per stage after the first (torchvision's order): True keeps that stage's resolution
   # and multiplies the dilation by 2 instead; flags for stages the net lacks must be False.
   replace_stride_with_dilation: tuple[bool, ...] = (False, False, False)
+  # DeepLab v3's Multi-Grid: unit rates of the last stage's blocks, one per block; block j's 3x3
+  # convs dilate by the stage's rate times multi_grid[j] (rate 2 at output stride 16 with
+  # (1, 2, 4): 2, 4, 8), its first block included. () keeps torchvision's rule (the first block
+  # of a dilated stage at the previous stage's rate: 1, 2, 2).
+  multi_grid: tuple[int, ...] = ()
   deformable_stages: tuple[int, ...] = ()  # stages (numbered from 1) with deformable 3x3 convs
   # Training-only noise (Noisy Student's student: 0.2 and 0.5), both in [0, 1). Stochastic depth:
   # block l of L drops its residual branch with stochastic_depth_prob * l / L (block_drop_probs).
@@ -250,12 +257,10 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name='stem_bn')(x))
     feats['stem'] = x
 
-    dilation = 1
+    dilations = self.block_dilations()
     for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
-      stride = 1 if i == 0 else 2  # each stage after the first halves H and W ...
-      previous_dilation = dilation
-      if self._dilates(i):  # ... or keeps them and dilates its 3x3 convs by 2 more
-        dilation, stride = dilation * stride, 1
+      # Each stage after the first halves H and W, or keeps them and dilates its 3x3 convs.
+      stride = 1 if i == 0 or self._dilates(i) else 2
       for j in range(num_blocks):
         x = block_cls(
           width,
@@ -265,8 +270,7 @@ class ResNet(nn.Module):
           residual=self.residual,
           shortcut=self.shortcut,
           zero_init_residual=self.zero_init_residual,
-          # torchvision: the first block of a dilated stage still uses the previous dilation.
-          dilation=previous_dilation if j == 0 else dilation,
+          dilation=dilations[i][j],
           se_reduction=self.se_reduction,
           deform_conv=deform if i + 1 in self.deformable_stages else None,
           stochastic_depth_prob=drop_probs[sum(self.stage_sizes[:i]) + j],
@@ -286,6 +290,22 @@ class ResNet(nn.Module):
     x = jnp.asarray(x, jnp.float32)
     feats['logits'] = x
     return feats if features else x
+
+  def block_dilations(self) -> tuple[tuple[int, ...], ...]:
+    """The 3x3 convs' dilation of every block, stage by stage: ((1, 1, 1), ..., (1, 2, 2)) for
+    ResNet-50 at output stride 16, (..., (2, 4, 8)) with multi_grid=(1, 2, 4)."""
+    self._check_fields()
+    out, rate = [], 1
+    last = len(self.stage_sizes) - 1
+    for i, num_blocks in enumerate(self.stage_sizes):
+      previous = rate
+      if self._dilates(i):  # the stride of the stage's first block becomes 2x more dilation
+        rate *= 2
+      if i == last and self.multi_grid:
+        out.append(tuple(rate * int(g) for g in self.multi_grid))
+      else:  # torchvision: the first block of a dilated stage keeps the previous dilation
+        out.append((previous,) + (rate,) * (num_blocks - 1))
+    return tuple(out)
 
   def feature_strides(self) -> dict[str, int]:
     """Input size / feature size of 'stem' and each 'stageN' (stage4: 8 in DeepLab's OS 8)."""
@@ -338,6 +358,12 @@ class ResNet(nn.Module):
       raise UserError(
         f'ResNet.replace_stride_with_dilation={tuple(self.replace_stride_with_dilation)} dilates '
         f'a stage the net lacks (it has {num_stages} stages; flag k is stage k + 2)'
+      )
+    grid = tuple(self.multi_grid)
+    if grid and (len(grid) != self.stage_sizes[-1] or not all(int(g) >= 1 for g in grid)):
+      raise UserError(
+        f'ResNet.multi_grid={grid}: expected one unit rate >= 1 per block of the last stage, '
+        f'which has {self.stage_sizes[-1]}, or () for none'
       )
     bad = [s for s in self.deformable_stages if not 1 <= s <= num_stages]
     if bad:
