@@ -18,22 +18,14 @@ Variants (the dataset prepared with tfds, see README):
           decay 4e-5 (1e-4 for ResNet in torchvision), batch 16, 30k steps; multi-grid (1, 2, 4)
           in stage 4; trained at output stride 16 (ASPP 6/12/18), evaluated at 8 (12/24/36).
 
-ImageNet weights, as the papers start from: torchvision's resnet50 weights into the backbone.
-The torchvision loader maps a classifier's names, so the backbone's weights go through a
-variables.npz (names 'params/backbone/...') that init_from reads:
+ImageNet weights, as the papers start from: torchvision's resnet50 weights into the backbone
+(init_from puts a classifier's converted weights, less its fc head, under 'backbone/'):
 
   python -m cnn_jax.weights.torchvision convert resnet50.pth resnet50.npz   # needs torch, once
-
-  from cnn_jax import models  # then, in Python: the backbone's weights under 'backbone/'
-  from cnn_jax.weights import npz, torchvision as tv
-  backbone = models.create('deeplabv3plus_resnet50').make_backbone()
-  v = tv.load(backbone, 'resnet50.npz', skip='^fc[.]')  # the classifier's fc: no use here
-  npz.save_npz('resnet50_backbone.npz', {c: {'backbone': t} for c, t in v.items()})
-
   python main.py --config=configs/deeplab.py:pets --workdir=runs/deeplab_pets \
-    --config.init_from.path=resnet50_backbone.npz --config.init_from.load='^backbone/'
+    --config.init_from.path=resnet50.npz --config.init_from.load='^backbone/'
 
-(tests/test_deeplab.py runs these steps on a torchvision-named ResNet state dict.)
+(tests/test_deeplab.py loads a torchvision-named ResNet state dict this way.)
 """
 
 import ml_collections

@@ -434,13 +434,16 @@ def test_init_from_torchvision_resnet_weights_loads_the_backbone(tmp_path):
       jax.tree.map(np.testing.assert_array_equal, got[collection][name], fresh[collection][name])
 
 
-@pytest.mark.xfail(
-  strict=True,
-  raises=UserError,
-  reason='the torchvision loader maps classifiers only: a DeepLab model has no torchvision '
-  'family, so init_from.path cannot name resnet50.npz directly (cnn_jax/weights: to fix)',
-)
 def test_init_from_a_torchvision_npz_directly(tmp_path):
+  # init_from.path names the classifier's converted torchvision weights: its backbone part goes
+  # under 'backbone/', the classifier head is left out, the rest of DeepLab stays fresh.
   model = deeplabv3plus_tiny(backbone_kwargs=_BOTTLENECK)
-  _torchvision_resnet(tmp_path / 'resnet.npz')
-  _init_from(model, str(tmp_path / 'resnet.npz'), '^backbone/')
+  want = _torchvision_resnet(tmp_path / 'resnet.npz')
+  fresh, got = _init_from(model, str(tmp_path / 'resnet.npz'), '^backbone/')
+  loaded = traverse_util.flatten_dict(got['params']['backbone'])
+  source = traverse_util.flatten_dict(want['params'])
+  assert set(source) - set(loaded) == {('head', 'kernel'), ('head', 'bias')}
+  for key, value in loaded.items():
+    np.testing.assert_array_equal(value, source[key], err_msg='/'.join(key))
+  for name in set(got['params']) - {'backbone'}:
+    jax.tree.map(np.testing.assert_array_equal, got['params'][name], fresh['params'][name])

@@ -176,6 +176,14 @@ def _source_variables(
   if path.endswith(TORCH_SUFFIXES):
     from cnn_jax.weights import torchvision as torchvision_weights
 
+    make_backbone = getattr(model, 'make_backbone', None)
+    if make_backbone is not None:
+      # A segmentation net on a classifier (DeepLab on a ResNet or MobileNet): the classifier's
+      # torchvision weights, less its head (fc / classifier), under 'backbone/'.
+      backbone = torchvision_weights.load(
+        make_backbone(), path, skip=r'^(fc|classifier)\.', input_shape=input_shape
+      )
+      return {c: {'backbone': tree} for c, tree in backbone.items()}
     return torchvision_weights.load(
       model, path, skip=skip or None, init_variables=dict(fresh), input_shape=input_shape
     )
