@@ -179,8 +179,9 @@ RECIPE_ARGS = {
   ],
   ('resnet_lr_sweep', 'cifar10'): ['--config.sweep.lr_factors=(1.0,)'],
   ('resnet_lr_sweep', 'imagenet2012'): ['--config.sweep.lr_factors=(1.0,)'],
-  # Two grid candidates at phi = 1 (alpha * beta^2 * gamma^2 = 1.21: width or resolution 1.1),
-  # then phi = 0 alone in stage 1 (the base net, one trial).
+  # Two networks at phi = 1 within the variant's tolerance of 1.21x the base's measured MACs
+  # (cifar10: the base itself and width 1.1; imagenet2012: width or resolution 1.1), then phi = 0
+  # alone in stage 1 (the base net, one trial).
   ('efficientnet_sweep', 'cifar10'): [
     '--config.sweep.target=1.21',
     '--config.sweep.max_mult=1.1',

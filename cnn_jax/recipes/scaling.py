@@ -2,19 +2,37 @@
 (cnn_jax/recipes/sweep.py).
 
 Stage 0, `grid_trials`: at phi = 1, every (alpha, beta, gamma) on a grid with all three >= 1 and
-alpha * beta^2 * gamma^2 within a tolerance of the target (2: each phi doubles the multiply-adds),
-each the base net scaled to depth alpha, width beta and resolution gamma and trained the same way.
-Candidates that round to the same network (`round_repeats` makes depth 1.1 and 1.2 of a stage of
-1-4 blocks equal) are one trial: the one closest to the target, the others in its 'same_net'.
+alpha * beta^2 * gamma^2 within a tolerance of the target (2: each phi doubles the multiply-adds,
+eq. 3) is a nominal candidate: the base net scaled to depth alpha, width beta and resolution gamma,
+then rounded to whole blocks (`round_repeats`), channels in multiples of 8 (`round_filters`) and
+whole pixels (`round_resolution`). Eq. 3 is about what the trained network costs, so a candidate
+is kept only when its rounded network's measured multiply-adds (`costs`: jax.eval_shape, nothing
+runs) over the base net's are within the same tolerance of the target too; its row records both,
+flops_ratio (nominal) and macs_ratio (measured). Candidates that round to the same network are one
+trial: the one closest to the target, the others in its 'same_net'. When none is left, planning
+stops with a UserError before anything trains. `grid_table(config)` prints the grid after rounding
+(every candidate, its network, its measured ratio, kept or not).
+
+On the offline base of configs/efficientnet_sweep.py (10 blocks, width 0.25, 16 px: 268,320
+multiply-adds), the 0.1 grid up to 1.3 within 5% of 2 has 10 nominal candidates, 8 distinct
+networks and 2 within 5% of 2 by measured MACs: (1.0, 1.1, 1.3) at 1.9602 and (1.0, 1.2, 1.2) at
+2.0181. Depth 1.1, 1.2 and 1.3 all round its 10 blocks to 13, so the candidates with alpha > 1
+measure 2.3069-2.4466 (6 candidates, 4 networks), except (1.2, 1.3, 1.0) at 1.8983; (1.0, 1.3,
+1.1) measures 2.3109. Printed by
+  python -c 'from configs import efficientnet_sweep; from cnn_jax.recipes import scaling;
+             print(scaling.grid_table(efficientnet_sweep.get_config()))'
 
 Stage 1, `phi_trials`: the best candidate's (alpha, beta, gamma) for phi = 0..K against scaling
 one dimension alone. Each one-dimension net is matched to the compound net of the same phi in
 multiply-adds (measured with cnn_jax.models.summary, rounding included), not in phi: its multiplier
-m
-is the one whose net comes closest, searched from the power law (MACs ~ depth, ~ width^2,
+m is the one whose net comes closest, searched from the power law (MACs ~ depth, ~ width^2,
 ~ resolution^2: m = r, sqrt(r), sqrt(r) for a compound net with r times the base's MACs). With
 the paper's alpha' = 2^phi (depth) or 2^(phi/2) the rounded nets miss by up to 30% on the small
-offline base. Its columns give alpha (or beta, gamma) = m^(1/phi), so that m = alpha^phi (eq. 3).
+offline base. Its columns give alpha (or beta, gamma) = m^(1/phi), so that m = alpha^phi (eq. 3),
+and macs_ratio, the measured MACs over the base's. This follows the rule of stage 0: the compound
+phi = 1 net is stage 0's winner (measured within the tolerance), and every net is compared by
+measured MACs; a compound net of phi >= 2 is not held to target^phi (offline, the phi = 2 net of
+(1.0, 1.1, 1.3) measures 2.6061x the base, nominally 2.0449^2 = 4.18).
 
 The base net (phi = 0) is the config's own model (model.width_mult, model.depth_mult) at
 config.image_size; trials override those three fields. Settings: config.sweep (see
@@ -24,6 +42,7 @@ configs/efficientnet_sweep.py).
 from typing import Any
 
 import ml_collections
+from absl import logging
 
 from cnn_jax.core.errors import UserError
 from cnn_jax.models.efficientnet import compound_multipliers, round_resolution, scaled_layout
@@ -105,29 +124,143 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
     )
 
 
-def grid_trials(config: ml_collections.ConfigDict) -> list[sweep.Trial]:
-  """Stage 0: the grid of (alpha, beta, gamma) at phi = 1, one trial per distinct network."""
+def _nominal(alpha: float, beta: float, gamma: float) -> float:
+  return alpha * beta**2 * gamma**2  # eq. 3's FLOPS factor per phi, before rounding
+
+
+def _within(ratio: float, target: float, tolerance: float) -> bool:
+  return abs(ratio / target - 1) <= tolerance + 1e-12
+
+
+def base_macs(config: ml_collections.ConfigDict) -> int:
+  """Multiply-adds of the base net (phi = 0): config's own model at config.image_size."""
+  return costs(config, scaled_overrides(config, 1, 1, 1))[1]
+
+
+def measured_grid(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """Every nominal grid candidate (`grid_candidates`) with the network it rounds to, measured.
+
+  One dict per candidate, in grid order: alpha, beta, gamma, flops_ratio (the nominal alpha *
+  beta^2 * gamma^2), overrides, net (its folder name), blocks, macs, macs_ratio (macs over the
+  base net's; both traced with jax.eval_shape, nothing runs) and within (macs_ratio within
+  config.sweep.tolerance of config.sweep.target).
+  """
   _check_model(config)
   s = config.sweep
-  groups: dict[tuple, list[tuple[float, float, float]]] = {}
-  for abg in grid_candidates(s.target, s.grid_step, s.max_mult, s.tolerance):
-    groups.setdefault(_layout(scaled_overrides(config, *abg)), []).append(abg)
-  trials = []
-  for members in groups.values():
-    # The candidate closest to the target stands for its network (then the smallest alpha, beta).
-    alpha, beta, gamma = min(
-      members, key=lambda m: (abs(m[0] * m[1] ** 2 * m[2] ** 2 - s.target), m)
-    )
+  base = base_macs(config)
+  found = []
+  for alpha, beta, gamma in grid_candidates(s.target, s.grid_step, s.max_mult, s.tolerance):
     overrides = scaled_overrides(config, alpha, beta, gamma)
-    others = [m for m in members if m != (alpha, beta, gamma)]
-    columns = _columns('grid', 1, alpha, beta, gamma, overrides)
-    columns['same_net'] = ' '.join('/'.join(f'{v:g}' for v in m) for m in others)
-    trials.append(sweep.Trial(overrides, _name(overrides), columns))
+    macs = costs(config, overrides)[1]
+    found.append(
+      {
+        'alpha': alpha,
+        'beta': beta,
+        'gamma': gamma,
+        'flops_ratio': round(_nominal(alpha, beta, gamma), 4),
+        'overrides': overrides,
+        'net': _name(overrides),
+        'blocks': sum(_layout(overrides)[0]),
+        'macs': macs,
+        'macs_ratio': round(macs / base, 4),
+        'within': _within(macs / base, s.target, s.tolerance),
+      }
+    )
+  return found
+
+
+def _grid_groups(config: ml_collections.ConfigDict) -> list[tuple[dict, list[dict]]]:
+  """(the candidate that stands for a network, all candidates building it), one per network.
+
+  The one closest to the target in nominal product stands for its network (then the smallest
+  alpha, beta, gamma): rounding maps several candidates to one net, which trains once.
+  """
+  groups: dict[tuple, list[dict]] = {}
+  for c in measured_grid(config):
+    groups.setdefault(_layout(c['overrides']), []).append(c)
+  target = config.sweep.target
+  return [
+    (
+      min(
+        members,
+        key=lambda c: (
+          abs(_nominal(c['alpha'], c['beta'], c['gamma']) - target),
+          (c['alpha'], c['beta'], c['gamma']),
+        ),
+      ),
+      members,
+    )
+    for members in groups.values()
+  ]
+
+
+def grid_table(config: ml_collections.ConfigDict) -> str:
+  """The grid after rounding, as markdown: every nominal candidate, its network and what stage 0
+  does with it. Traces each network once (jax.eval_shape) and trains nothing."""
+  return _table(config, _grid_groups(config))
+
+
+def _table(config: ml_collections.ConfigDict, groups: list[tuple[dict, list[dict]]]) -> str:
+  s = config.sweep
+  lines = [
+    '| alpha | beta | gamma | nominal | net | blocks | MACs | measured | stage 0 |',
+    '|---|---|---|---|---|---|---|---|---|',
+  ]
+  for chosen, members in groups:
+    for c in members:
+      if c is not chosen:
+        verdict = f'same net as {chosen["alpha"]:g}/{chosen["beta"]:g}/{chosen["gamma"]:g}'
+      else:
+        verdict = 'trial' if c['within'] else 'dropped: measured MACs off'
+      lines.append(
+        f'| {c["alpha"]:g} | {c["beta"]:g} | {c["gamma"]:g} | {c["flops_ratio"]:.4f} | '
+        f'{c["net"]} | {c["blocks"]} | {c["macs"]:,} | {c["macs_ratio"]:.4f} | {verdict} |'
+      )
+  kept = sum(c['within'] for c, _ in groups)
+  lines.append(
+    f'\n{sum(len(m) for _, m in groups)} nominal candidates, {len(groups)} distinct networks, '
+    f"{kept} within {100 * s.tolerance:g}% of {s.target:g}x the base net's "
+    f'{base_macs(config):,} multiply-adds by measured MACs.'
+  )
+  return '\n'.join(lines)
+
+
+def grid_trials(config: ml_collections.ConfigDict) -> list[sweep.Trial]:
+  """Stage 0: the grid of (alpha, beta, gamma) at phi = 1, one trial per distinct network whose
+  measured multiply-adds are within the tolerance of the target; a UserError when none is."""
+  s = config.sweep
+  groups = _grid_groups(config)
+  logging.info('Compound-scaling grid after rounding:\n%s', _table(config, groups))
+  trials = []
+  for c, members in groups:
+    if not c['within']:  # every member builds the same net: the same measured MACs
+      continue
+    columns = _columns(config, 'grid', 1, c['alpha'], c['beta'], c['gamma'], c['overrides'])
+    columns['same_net'] = ' '.join(
+      f'{m["alpha"]:g}/{m["beta"]:g}/{m["gamma"]:g}' for m in members if m is not c
+    )
+    trials.append(sweep.Trial(c['overrides'], c['net'], columns))
+  if not trials:
+    closest = min((c for c, _ in groups), key=lambda c: abs(c['macs_ratio'] / s.target - 1))
+    raise UserError(
+      f'no compound-scaling grid candidate builds a network within {100 * s.tolerance:g}% of '
+      f"{s.target:g}x the base net's multiply-adds once rounded ({len(groups)} distinct "
+      f'networks; closest: alpha, beta, gamma = {closest["alpha"]:g}, {closest["beta"]:g}, '
+      f'{closest["gamma"]:g}, measured {closest["macs_ratio"]:.4g}x); raise '
+      'config.sweep.tolerance, or change config.sweep.grid_step, config.sweep.max_mult or the '
+      'base net (model.width_mult, model.depth_mult, image_size)'
+    )
   return trials
 
 
 def _columns(
-  strategy: str, phi: int, alpha: float, beta: float, gamma: float, overrides: dict[str, Any]
+  config: ml_collections.ConfigDict,
+  strategy: str,
+  phi: int,
+  alpha: float,
+  beta: float,
+  gamma: float,
+  overrides: dict[str, Any],
 ) -> dict[str, Any]:
   repeats, _, _ = _layout(overrides)
   return {
@@ -136,7 +269,8 @@ def _columns(
     'alpha': alpha,
     'beta': beta,
     'gamma': gamma,
-    'flops_ratio': round(alpha * beta**2 * gamma**2, 4),  # alpha * beta^2 * gamma^2
+    'flops_ratio': round(_nominal(alpha, beta, gamma), 4),  # nominal, before rounding
+    'macs_ratio': round(costs(config, overrides)[1] / base_macs(config), 4),  # measured
     'blocks': sum(repeats),
   }
 
@@ -207,7 +341,7 @@ def phi_trials(config: ml_collections.ConfigDict, rows: list[dict]) -> list[swee
   for phi in range(config.sweep.max_phi + 1):
     overrides = scaled_overrides(config, *compound_multipliers(alpha, beta, gamma, phi))
     targets[phi] = costs(config, overrides)[1]
-    columns = _columns('compound', phi, alpha, beta, gamma, overrides)
+    columns = _columns(config, 'compound', phi, alpha, beta, gamma, overrides)
     trials.append(sweep.Trial(overrides, _name(overrides), columns))
   for strategy in STRATEGIES[1:]:
     for phi in range(config.sweep.max_phi + 1):
@@ -215,7 +349,7 @@ def phi_trials(config: ml_collections.ConfigDict, rows: list[dict]) -> list[swee
       if phi:
         m, overrides = match_macs(config, strategy, targets[phi])
       per_phi = round(m ** (1 / phi), 4) if phi else 1.0  # alpha' with alpha'^phi = m
-      columns = _columns(strategy, phi, *_one_dimension(strategy, per_phi), overrides)
+      columns = _columns(config, strategy, phi, *_one_dimension(strategy, per_phi), overrides)
       trials.append(sweep.Trial(overrides, _name(overrides), columns))
   return trials
 
