@@ -398,8 +398,10 @@ def table(payload: dict[str, Any]) -> str:
     f'# Accelerator check: {dev.get("device_kind", "?")} ({dev.get("backend")}, '
     f'{dev.get("device_count", "?")} device(s))',
     '',
-    f'{payload["date"]}; host {payload["cpu"]}; '
-    + ', '.join(f'{k} {v}' for k, v in payload['packages'].items())
+    '; '.join(
+      [payload['date'], f'host {payload["cpu"]}']
+      + [', '.join(f'{k} {v}' for k, v in payload['packages'].items())] * bool(payload['packages'])
+    )
     + '.',
     '',
     '| row | model | image | batch | precision | img/s (steady) | compile s | device peak MiB '
@@ -407,7 +409,7 @@ def table(payload: dict[str, Any]) -> str:
     '|---|---|---:|---:|---|---:|---:|---:|---:|---:|',
   ]
   for r in payload['rows']:
-    if 'images_per_sec' not in r:
+    if 'images_per_sec' not in r:  # the other rows, and failed ones, are sentences below
       continue
     lines.append(
       f'| {r["row"]} | {r["model"]} | {r["image_size"]} | {r["batch"]} | {r["precision"]} '
@@ -415,7 +417,7 @@ def table(payload: dict[str, Any]) -> str:
       f'| {_fmt(r["device_peak_mib"])} | {_fmt(r["host_peak_rss_mib"])} '
       f'| {_fmt(r["command_seconds"], ".1f")} |'
     )
-  rows = {r['row']: r for r in payload['rows']}
+  rows = {r['row']: r for r in payload['rows'] if 'error' not in r}
   base, det = rows.get('resnet50'), rows.get('resnet50 (deterministic)')
   if base and det and base.get('images_per_sec') and det.get('images_per_sec'):
     cost = det['images_per_sec'] / base['images_per_sec']

@@ -66,6 +66,20 @@ def test_steady_rate_leaves_out_the_first_row_and_losses_compare_step_by_step():
   assert got['max_abs_diff'] == pytest.approx(1e-7)
 
 
+def test_a_failed_row_is_a_line_of_the_table_not_a_crash():
+  payload = {
+    'device': {'backend': 'gpu', 'device_kind': 'NVIDIA H100 80GB HBM3', 'device_count': 1},
+    'date': '2026-12-08',
+    'cpu': 'Xeon',
+    'packages': {'jax': '0.11.2'},
+    'rows': [{'row': 'compile', 'error': 'cold compile (bare) failed: OOM'}],
+  }
+  text = check.table(payload)
+  assert text.startswith('# Accelerator check: NVIDIA H100 80GB HBM3 (gpu, 1 device(s))')
+  assert '2026-12-08; host Xeon; jax 0.11.2.' in text
+  assert text.endswith('compile: FAILED: cold compile (bare) failed: OOM')
+
+
 def test_unknown_rows_and_too_few_steps_are_refused():
   with pytest.raises(SystemExit):
     check.parse_args(['--rows', 'resnet50,bogus'])
