@@ -12,11 +12,21 @@ import pytest
 from cnn_jax.core.errors import UserError
 from cnn_jax.models.yolo import YOLO, DetectionHead
 from cnn_jax.ops import detection as det
+from cnn_jax.ops import detection_loss as det_loss
 from cnn_jax.ops import detection_metrics as det_metrics
 
 ANCHORS = ((2.0, 1.0), (1.0, 2.0))  # the notes' tall (pedestrian) and wide (car) anchor boxes
-_loss_static = ('anchors', 'box_weight', 'no_object_weight', 'class_loss')
-loss_terms = jax.jit(det.yolo_loss_terms, static_argnames=_loss_static)
+_loss_static = (
+  'anchors',
+  'loss',
+  'box_weight',
+  'object_weight',
+  'no_object_weight',
+  'class_weight',
+  'class_loss',
+  'ignore_threshold',
+)
+loss_terms = jax.jit(det_loss.yolo_loss_terms, static_argnames=_loss_static)
 
 
 # ----------------------------------------------------------------------------------------- IoU
@@ -204,20 +214,39 @@ def test_encode_rejects_bad_input():
 # ---------------------------------------------------------------------------------------- loss
 
 
-def _loop_loss(outputs, targets, anchors, box_weight=1.0, no_object_weight=1.0):
-  """The notes' squared-error loss, one anchor at a time, in float64."""
+def _loop_loss(outputs, targets, anchors, *, loss, true_boxes, weights, ignore_threshold):
+  """Both losses one anchor at a time in float64, boxes and IoUs by plain loops; `weights`
+  (box, object, no object, class); the class loss cross-entropy for 'yolov2', squared else."""
+  box_w, obj_w, noobj_w, class_w = weights
   out = np.zeros(outputs.shape[0])
+  _, gh, gw, _, _ = outputs.shape
   for b, i, j, a in np.ndindex(*outputs.shape[:4]):
     t, y = outputs[b, i, j, a].astype(np.float64), targets[b, i, j, a]
     sig = 1 / (1 + np.exp(-t[:3]))
     hw = np.asarray(anchors[a]) * np.exp(t[3:5])
     probs = np.exp(t[5:] - t[5:].max())
-    pred = np.concatenate([sig, hw, probs / probs.sum()])
+    probs /= probs.sum()
+
+    def box(x, y_, h, w, i=i, j=j):  # the cell-relative y -> (y_min, x_min, y_max, x_max)
+      cy, cx = (i + y_) / gh, (j + x) / gw
+      return [cy - h / gh / 2, cx - w / gw / 2, cy + h / gh / 2, cx + w / gw / 2]
+
+    predicted = box(sig[1], sig[2], *hw)
     if y[0] == 1:
-      out[b] += (pred[0] - 1) ** 2 + box_weight * np.sum((pred[1:5] - y[1:5]) ** 2)
-      out[b] += np.sum((pred[5:] - y[5:]) ** 2)
-    else:
-      out[b] += no_object_weight * pred[0] ** 2
+      if loss == 'yolov2':
+        target_p = _loop_iou([predicted], [box(*y[1:5])])[0, 0]
+        scale = 2 - y[3] / gh * y[4] / gw
+        sizes = (t[3] - np.log(y[3] / anchors[a][0])) ** 2 + (
+          t[4] - np.log(y[4] / anchors[a][1])
+        ) ** 2
+        box_err = scale * (np.sum((sig[1:3] - y[1:3]) ** 2) + sizes)
+        class_err = -np.log(probs[np.argmax(y[5:])])
+      else:
+        target_p, box_err = 1.0, np.sum((np.concatenate([sig[1:3], hw]) - y[1:5]) ** 2)
+        class_err = np.sum((probs - y[5:]) ** 2)
+      out[b] += obj_w * (sig[0] - target_p) ** 2 + box_w * box_err + class_w * class_err
+    elif max(_loop_iou([predicted], true_boxes[b])[0], default=0) <= ignore_threshold:
+      out[b] += noobj_w * sig[0] ** 2
   return out
 
 
@@ -229,16 +258,149 @@ def test_loss_hand_computed():
   targets = np.zeros((1, 1, 2, 1, 7), np.float32)
   targets[0, 0, 0, 0] = [1, 0.25, 0.75, 2.0, 0.5, 1, 0]
   anchors = ((1.0, 1.0),)
-  t = {k: float(v[0]) for k, v in loss_terms(outputs, targets, anchors=anchors).items()}
+  kw = dict(anchors=anchors, loss='notes')
+  t = {k: float(v[0]) for k, v in loss_terms(outputs, targets, **kw).items()}
   # (0.5 - 1)^2; 0.5^2; 0.25^2 + 0.25^2 + (1 - 2)^2 + (1 - 0.5)^2; 0.5^2 + 0.5^2.
   assert t == pytest.approx(
     {'objectness': 0.25, 'no_object': 0.25, 'box': 1.375, 'class': 0.5, 'loss': 2.375}
   )
-  yolo_v1 = loss_terms(outputs, targets, anchors=anchors, box_weight=5.0, no_object_weight=0.5)
+  yolo_v1 = loss_terms(outputs, targets, **kw, box_weight=5.0, no_object_weight=0.5)
   assert float(yolo_v1['loss'][0]) == pytest.approx(0.25 + 0.5 * 0.25 + 5 * 1.375 + 0.5)
-  ce = loss_terms(outputs, targets, anchors=anchors, class_loss='cross_entropy')
+  ce = loss_terms(outputs, targets, **kw, class_loss='cross_entropy')
   assert float(ce['class'][0]) == pytest.approx(math.log(2))
-  assert float(det.yolo_loss(outputs, targets, anchors=anchors)[0]) == pytest.approx(2.375)
+  assert float(det_loss.yolo_loss(outputs, targets, **kw)[0]) == pytest.approx(2.375)
+
+
+def _yolov2_case(anchor1_log_w):
+  """A 2x2 grid (cells 0.5 of the image), anchors (h, w) (1, 1) and (1, 0.5) cells, 2 classes.
+
+  Cell (0, 1), anchor 0 holds an object [b_x 0.5, b_y 0.5, b_h 1, b_w 1, class 0]: the box
+  (0, 0.5, 0.5, 1.0). Its raw outputs: t_p = log 4 (p̂ 0.8), centre logits 0 (b̂ 0.5, 0.5),
+  t_h = 0, t_w = log 2: predicted box 1 x 2 cells, (0, 0.25, 0.5, 1.25), IoU 0.25 / 0.5 = 0.5.
+  Anchor 1 of the same cell predicts p̂ 0.5 at the cell's centre, 1 cell high and 0.5 exp(t_w)
+  wide; every other anchor predicts p̂ 0.5 and boxes that touch the object at most (IoU 0).
+  """
+  outputs = np.zeros((1, 2, 2, 2, 7), np.float32)
+  targets = np.zeros_like(outputs)
+  targets[0, 0, 1, 0] = [1, 0.5, 0.5, 1.0, 1.0, 1, 0]
+  outputs[0, 0, 1, 0, 0] = math.log(4)
+  outputs[0, 0, 1, 0, 4] = math.log(2)
+  outputs[0, 0, 1, 1, 4] = anchor1_log_w
+  return jnp.asarray(outputs), targets, ((1.0, 1.0), (1.0, 0.5))
+
+
+def test_yolov2_loss_hand_computed():
+  # The terms (yolo_loss_terms), by hand:
+  #   objectness: the target is the IoU 0.5 (rescore): (0.8 - 0.5)^2 = 0.09 (the notes': 0.04).
+  #   box: (0.5 - 0.5)^2 twice, t_h - log(1 / 1) = 0, t_w - log(1 / 1) = log 2, times
+  #     2 - w h = 2 - 0.5 * 0.5 (the target's size as fractions of the image): 1.75 (log 2)^2.
+  #   class: cross-entropy of the uniform softmax, log 2.
+  #   no_object: 0.5^2 for each of the 7 anchors without object (6 in the other cells), unless
+  #     ignored: anchor 1 with t_w = 0 is 0.5 cells wide, (0, 0.625, 0.5, 0.875), IoU 0.125 /
+  #     0.25 = 0.5 <= 0.6: counted; with t_w = log 1.4, 0.7 cells, (0, 0.575, 0.5, 0.925), IoU
+  #     0.175 / 0.25 = 0.7 > 0.6: dropped.
+  box = 1.75 * math.log(2) ** 2
+  defaults = det_loss.LOSS_DEFAULTS['yolov2']
+  assert (defaults.box_weight, defaults.object_weight, defaults.no_object_weight) == (1, 5, 1)
+  assert (defaults.class_weight, defaults.class_loss, defaults.ignore_threshold) == (
+    1,
+    'cross_entropy',
+    0.6,
+  )
+  for log_w, no_object in ((0.0, 7 * 0.25), (math.log(1.4), 6 * 0.25)):
+    outputs, targets, anchors = _yolov2_case(log_w)
+    t = {k: float(v[0]) for k, v in loss_terms(outputs, targets, anchors=anchors).items()}
+    want = {'objectness': 0.09, 'no_object': no_object, 'box': box, 'class': math.log(2)}
+    # darknet's yolov2-voc.cfg scales: object 5, box, no-object and class 1.
+    want['loss'] = 5 * 0.09 + no_object + box + math.log(2)
+    assert t == pytest.approx(want, rel=1e-5)
+    # Issue 24's YOLOv1 weights on the same terms.
+    v1 = dict(box_weight=5.0, object_weight=1.0, no_object_weight=0.5)
+    got = float(loss_terms(outputs, targets, anchors=anchors, **v1)['loss'][0])
+    assert got == pytest.approx(0.09 + 0.5 * no_object + 5 * box + math.log(2), rel=1e-5)
+  # Exactly at the threshold nothing is dropped (darknet: best_iou > thresh); 0.5 > 0.45 is.
+  outputs, targets, anchors = _yolov2_case(0.0)
+  at = loss_terms(outputs, targets, anchors=anchors, ignore_threshold=0.5)
+  below = loss_terms(outputs, targets, anchors=anchors, ignore_threshold=0.45)
+  assert (float(at['no_object'][0]), float(below['no_object'][0])) == pytest.approx((1.75, 1.5))
+  # The notes' loss on the same outputs: (0.8 - 1)^2; b̂_w = 2 against 1; squared class error.
+  outputs, targets, anchors = _yolov2_case(math.log(1.4))
+  t = {
+    k: float(v[0]) for k, v in loss_terms(outputs, targets, anchors=anchors, loss='notes').items()
+  }
+  want = {'objectness': 0.04, 'no_object': 1.75, 'box': 1.0, 'class': 0.5, 'loss': 3.29}
+  assert t == pytest.approx(want, rel=1e-5)
+
+
+def test_yolov2_objectness_target_is_a_constant_and_sizes_are_log_space():
+  outputs, targets, anchors = _yolov2_case(0.0)
+  grad = jax.jit(jax.grad(lambda o: det_loss.yolo_loss(o, targets, anchors=anchors)[0]))(outputs)
+  g = np.asarray(grad[0, 0, 1, 0])
+  # d/dt_w of box_weight 1.75 (t_w - log(b_w / a_w))^2 alone: no gradient reaches the box through
+  # the IoU in the objectness target (darknet's delta for the box ignores the rescore).
+  assert g[4] == pytest.approx(2 * 1.75 * math.log(2), rel=1e-5)
+  assert g[3] == 0.0  # t_h is already log(b_h / a_h) = 0
+  # d/dt_p of 5 (sigmoid(t_p) - 0.5)^2 at sigmoid 0.8: 5 * 2 * 0.3 * 0.8 * 0.2.
+  assert g[0] == pytest.approx(10 * 0.3 * 0.16, rel=1e-5)
+  # The size target is log(b / a) for the anchor's own (h, w): raw outputs of exactly
+  # log(b / a) give no size error, whatever the anchor.
+  targets = np.zeros((1, 1, 1, 2, 6), np.float32)
+  targets[0, 0, 0] = [[1, 0.5, 0.5, 3.0, 0.5, 1], [1, 0.5, 0.5, 0.2, 4.0, 1]]
+  anchors = ((2.0, 1.0), (0.5, 2.0))
+  raw = np.zeros_like(targets)
+  raw[..., 0] = 20.0
+  raw[0, 0, 0, :, 3:5] = np.log(targets[0, 0, 0, :, 3:5] / np.asarray(anchors))
+  assert float(loss_terms(jnp.asarray(raw), targets, anchors=anchors)['box'][0]) < 1e-10
+  raw[0, 0, 0, 1, 3] += 0.5  # h 0.5 too large in log space: 0.5^2 times 2 - (0.2 * 4.0)
+  got = float(loss_terms(jnp.asarray(raw), targets, anchors=anchors)['box'][0])
+  assert got == pytest.approx(0.25 * (2 - 0.8), rel=1e-5)
+
+
+def test_ignore_rule_reads_every_true_box():
+  outputs, targets, anchors = _yolov2_case(0.0)
+  # By default the true boxes are the targets' (anchor 1's IoU 0.5: counted).
+  assert float(loss_terms(outputs, targets, anchors=anchors)['no_object'][0]) == 1.75
+  # An object that lost its slot in a collision is not in the targets, but passed as a true box
+  # it makes anchor 1 (predicting exactly it) ignored; a zero padding row matches nothing.
+  lost = [0.0, 0.625, 0.5, 0.875]
+  boxes = np.array([[[0.0, 0.5, 0.5, 1.0], lost, [0.0, 0.0, 0.0, 0.0]]], np.float32)
+  got = loss_terms(outputs, targets, anchors=anchors, true_boxes=boxes)['no_object']
+  assert float(got[0]) == 1.5
+  with pytest.raises(UserError, match=r'true_boxes of shape \(2, 3, 4\) .* expected \(1, M, 4\)'):
+    det_loss.yolo_loss(outputs, targets, anchors=anchors, true_boxes=np.zeros((2, 3, 4)))
+
+
+def test_loss_options_are_checked():
+  assert det_loss.loss_options('notes', box_weight=None) == det_loss.LOSS_DEFAULTS['notes']
+  assert det_loss.loss_options('yolov2', box_weight=5.0).box_weight == 5.0
+  with pytest.raises(UserError, match=r"loss='yolo'; expected one of \('yolov2', 'notes'\)"):
+    det_loss.loss_options('yolo')
+  with pytest.raises(UserError, match=r'object_weight=-1.0.*expected weights >= 0'):
+    det_loss.loss_options('yolov2', object_weight=-1.0)
+  with pytest.raises(UserError, match=r'ignore_threshold=1.5; expected an IoU in \[0, 1\]'):
+    det_loss.loss_options('yolov2', ignore_threshold=1.5)
+  with pytest.raises(UserError, match="no loss option 'lambda_coord'"):
+    det_loss.loss_options('yolov2', lambda_coord=5.0)
+
+
+def test_config_chooses_the_loss_and_checks_its_fields():
+  from cnn_jax import tasks
+  from cnn_jax.core import ranges
+  from configs import yolo
+
+  config = yolo.get_config()
+  assert config.detection.loss == 'yolov2' and config.detection.box_weight is None
+  ranges.check(config, tasks.Detection.config_ranges)  # placeholders left None pass
+  for field, value, message in (
+    ('loss', 'yolo', r"config.detection.loss='yolo' is out of range; use 'yolov2' or 'notes'"),
+    ('object_weight', -1.0, r'config.detection.object_weight=-1.0 is out of range; use a number'),
+    ('ignore_threshold', 1.5, r'config.detection.ignore_threshold=1.5 is out of range'),
+    ('class_loss', 'hinge', r"config.detection.class_loss='hinge' is out of range"),
+  ):
+    bad = yolo.get_config()
+    setattr(bad.detection, field, value)
+    with pytest.raises(UserError, match=message):
+      ranges.check(bad, tasks.Detection.config_ranges)
 
 
 def test_loss_matches_a_loop_and_ignores_empty_anchors_in_its_gradient():
@@ -248,15 +410,37 @@ def test_loss_matches_a_loop_and_ignores_empty_anchors_in_its_gradient():
   boxes, classes = np.stack([b for b, _ in scenes]), np.stack([c for _, c in scenes])
   targets = det.encode_targets(boxes, classes, grid=grid, anchors=ANCHORS, num_classes=num_classes)
   outputs = rng.normal(0, 1, targets.shape).astype(np.float32)
-  got = loss_terms(outputs, targets, anchors=ANCHORS, box_weight=2.0, no_object_weight=0.5)
-  want = _loop_loss(outputs, targets, ANCHORS, box_weight=2.0, no_object_weight=0.5)
-  np.testing.assert_allclose(got['loss'], want, rtol=1e-5)
+  for loss, ignore in (('notes', 1.0), ('yolov2', 0.3)):  # 0.3: some anchors are ignored
+    weights = dict(box_weight=2.0, object_weight=3.0, no_object_weight=0.5, class_weight=1.5)
+    got = loss_terms(
+      outputs,
+      targets,
+      anchors=ANCHORS,
+      loss=loss,
+      true_boxes=boxes,
+      ignore_threshold=ignore,
+      **weights,
+    )
+    want = _loop_loss(
+      outputs,
+      targets,
+      ANCHORS,
+      loss=loss,
+      true_boxes=boxes,
+      weights=tuple(weights.values()),
+      ignore_threshold=ignore,
+    )
+    np.testing.assert_allclose(got['loss'], want, rtol=1e-5)
   empty = targets[..., 0] == 0
   assert empty.sum() == 2 * 9 * 2 - 6  # 6 objects, 36 anchors
-  for class_loss in det.CLASS_LOSSES:
+  for loss, class_loss in itertools.product(det_loss.LOSSES, det_loss.CLASS_LOSSES):
     grad = jax.jit(
       jax.grad(
-        lambda o, cl=class_loss: jnp.sum(det.yolo_loss(o, targets, anchors=ANCHORS, class_loss=cl))
+        lambda o, loss=loss, cl=class_loss: jnp.sum(
+          det_loss.yolo_loss(
+            o, targets, anchors=ANCHORS, loss=loss, class_loss=cl, ignore_threshold=1
+          )
+        )
       )
     )(jnp.asarray(outputs))
     grad = np.asarray(grad)
@@ -268,11 +452,11 @@ def test_loss_matches_a_loop_and_ignores_empty_anchors_in_its_gradient():
 def test_loss_rejects_bad_input():
   outputs = jnp.zeros((1, 2, 2, 2, 7))
   with pytest.raises(UserError, match=r'detection outputs \(1, 2, 2, 2, 7\) and targets'):
-    det.yolo_loss(outputs, np.zeros((1, 2, 2, 1, 7)), anchors=ANCHORS)
+    det_loss.yolo_loss(outputs, np.zeros((1, 2, 2, 1, 7)), anchors=ANCHORS)
   with pytest.raises(UserError, match='for 1 anchors'):
-    det.yolo_loss(outputs, np.zeros(outputs.shape), anchors=((1.0, 1.0),))
+    det_loss.yolo_loss(outputs, np.zeros(outputs.shape), anchors=((1.0, 1.0),))
   with pytest.raises(UserError, match="class_loss='hinge'"):
-    det.yolo_loss(outputs, np.zeros(outputs.shape), anchors=ANCHORS, class_loss='hinge')
+    det_loss.yolo_loss(outputs, np.zeros(outputs.shape), anchors=ANCHORS, class_loss='hinge')
 
 
 # ------------------------------------------------------------------------------------- models
@@ -427,8 +611,8 @@ def test_match_detections_does_not_fall_back_to_the_second_best():
   gt = [[0, 0, 10, 10], [0, 4, 10, 14]]
   boxes = [[0, 0, 10, 10], [0, 1, 10, 11]]
   assert det.iou(np.array(boxes[1:]), np.array(gt)).round(2).tolist() == [[0.82, 0.54]]
-  assert det_metrics.match_detections(boxes, [0.9, 0.8], gt).tolist() == [True, False]
-  assert det_metrics.match_detections(boxes, [0.7, 0.8], gt).tolist() == [False, True]
+  assert det_metrics.match_detections(boxes, [0.9, 0.8], gt).true_positive.tolist() == [True, False]
+  assert det_metrics.match_detections(boxes, [0.7, 0.8], gt).true_positive.tolist() == [False, True]
 
 
 def test_mean_average_precision_over_classes_and_images():
@@ -444,9 +628,11 @@ def test_mean_average_precision_over_classes_and_images():
     det_metrics.mean_average_precision(dets, gts[:1], num_classes=3)
 
 
-def _loop_map(dets, gts, num_classes, iou_threshold=0.5):
-  """VOC AP by a different route: all images' detections in one global score order, matched
-  one by one, AP as the sum over recall steps of the best precision at that recall or above."""
+def _loop_map(dets, gts, num_classes, iou_threshold=0.5, interpolation='all'):
+  """VOC AP by a different route, VOCevaldet.m's: all images' detections in one global score
+  order, matched one by one (a difficult best match: neither TP nor FP), then AP over the
+  ranked list, all-point as the sum over recall steps of the best precision at that recall or
+  above, 11-point as the mean of the best precision at recall >= t / 10 (compared exactly)."""
   aps = []
   for c in range(num_classes):
     rows = [
@@ -456,31 +642,49 @@ def _loop_map(dets, gts, num_classes, iou_threshold=0.5):
       if k == c
     ]
     rows.sort(key=lambda r: -r[0])  # stable: image order, then input order, as the library
-    gt = {img: [b for b, k in zip(*g, strict=True) if k == c] for img, g in enumerate(gts)}
-    npos = sum(len(v) for v in gt.values())
+    gt = {
+      img: [(b, bool(h)) for b, k, h in zip(*g, strict=True) if k == c] for img, g in enumerate(gts)
+    }
+    npos = sum(not h for v in gt.values() for _, h in v)
     if npos == 0:
       continue
     taken = {img: [False] * len(v) for img, v in gt.items()}
-    tp = []
+    outcome = []  # per ranked detection: 'tp', 'fp' or 'ignored' (neither)
     for _, img, box in rows:
-      ious = [_loop_iou([box], [g])[0, 0] for g in gt[img]]
+      ious = [_loop_iou([box], [g])[0, 0] for g, _ in gt[img]]
       best = int(np.argmax(ious)) if ious else -1
-      hit = best >= 0 and ious[best] >= iou_threshold and not taken[img][best]
-      if hit:
+      if best < 0 or ious[best] < iou_threshold:
+        outcome.append('fp')
+      elif gt[img][best][1]:  # difficult
+        outcome.append('ignored')
+      elif not taken[img][best]:
         taken[img][best] = True
-      tp.append(hit)
-    ap, prev_recall = 0.0, 0.0
-    precision = [sum(tp[: k + 1]) / (k + 1) for k in range(len(tp))]
-    recall = [sum(tp[: k + 1]) / npos for k in range(len(tp))]
-    for k in range(len(tp)):
-      if recall[k] > prev_recall:
-        ap += (recall[k] - prev_recall) * max(precision[k:])
-        prev_recall = recall[k]
+        outcome.append('tp')
+      else:
+        outcome.append('fp')
+    # Precision and recall after each counted detection (an ignored one adds no point).
+    counted = [o for o in outcome if o != 'ignored']
+    hits = [counted[: k + 1].count('tp') for k in range(len(counted))]
+    precision = [h / (k + 1) for k, h in enumerate(hits)]
+    if interpolation == '11point':
+      ap = np.mean(
+        [
+          max([p for p, h in zip(precision, hits, strict=True) if 10 * h >= t * npos], default=0)
+          for t in range(11)
+        ]
+      )
+    else:
+      ap, prev = 0.0, 0
+      for k, h in enumerate(hits):
+        if h > prev:
+          ap += (h - prev) / npos * max(precision[k:])
+          prev = h
     aps.append(ap)
   return float(np.mean(aps))
 
 
-def test_mean_average_precision_matches_a_loop_on_random_data():
+@pytest.mark.parametrize('interpolation', det_metrics.INTERPOLATIONS)
+def test_mean_average_precision_matches_a_loop_on_random_data(interpolation):
   rng = np.random.default_rng(5)
   num_classes, dets, gts = 3, [], []
   for _ in range(6):
@@ -490,7 +694,18 @@ def test_mean_average_precision_matches_a_loop_on_random_data():
     d_classes = np.concatenate([g_classes, g_classes[:2], rng.integers(0, num_classes, 2)])
     d_classes[0] = (d_classes[0] + rng.integers(0, 2)) % num_classes  # sometimes a wrong class
     dets.append((d_boxes, rng.uniform(0, 1, len(d_classes)).round(1), d_classes))  # with ties
-    gts.append((g_boxes, g_classes))
-  got = det_metrics.mean_average_precision(dets, gts, num_classes=num_classes)['mean_ap']
+    gts.append((g_boxes, g_classes, rng.uniform(size=3) < 0.2))  # some objects difficult
+  assert 0 < sum(g[2].sum() for g in gts) < 18
+  kw = dict(num_classes=num_classes, interpolation=interpolation)
+  got = det_metrics.mean_average_precision(dets, gts, **kw)['mean_ap']
   assert 0.2 < got < 1.0  # a non-trivial case
-  assert got == pytest.approx(_loop_map(dets, gts, num_classes), abs=1e-12)
+  assert got == pytest.approx(
+    _loop_map(dets, gts, num_classes, interpolation=interpolation), abs=1e-12
+  )
+  # Without the flags every object counts: another number, the same as a loop with none set.
+  plain = [(b, c) for b, c, _ in gts]
+  got = det_metrics.mean_average_precision(dets, plain, **kw)['mean_ap']
+  no_flags = [(b, c, np.zeros(len(c), bool)) for b, c, _ in gts]
+  assert got == pytest.approx(
+    _loop_map(dets, no_flags, num_classes, interpolation=interpolation), abs=1e-12
+  )

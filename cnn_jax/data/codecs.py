@@ -8,8 +8,10 @@ entry here, not an edit of the pipeline.
   segmentation: 'segmentation' (B, S, S) int32, the record's label map (an encoded 1-channel
     image) through spec.label_map, resized nearest-neighbour, spec.ignore_label where no loss or
     metric should count; augmented together with the image (augment.joint_augment).
-  detection: 'boxes' (B, M, 4) float32 and 'classes' (B, M) int32, the record's objects padded
-    to M = spec.max_boxes rows (specs.object_rows); never augmented.
+  detection: 'boxes' (B, M, 4) float32, 'classes' (B, M) int32 and 'difficult' (B, M) bool, the
+    record's objects padded to M = spec.max_boxes rows (specs.object_rows; 'difficult' is VOC's
+    objects/is_difficult, False where a dataset has no such flag and on padding rows); never
+    augmented.
 
 Also here, as they depend on the task: the checks of config.augment and RandAugment.
 """
@@ -165,13 +167,28 @@ def _detection_train(
   return eval_resize(image, kind='resize', size=size), objects
 
 
+def _detection_rows(spec: DatasetSpec, record: Record) -> np.ndarray:
+  """(spec.max_boxes, 6) float32: specs.object_rows' (y_min, x_min, y_max, x_max, class) and
+  the object's "difficult" flag (1.0 / 0.0; 0 where the record has no objects/is_difficult)."""
+  rows = object_rows(spec, record)
+  difficult = np.zeros((spec.max_boxes, 1), np.float32)
+  if spec.boxes_format == 'tfds_objects' and 'is_difficult' in record['objects']:
+    flags = np.asarray(record['objects']['is_difficult'], np.float32).reshape(-1)[: spec.max_boxes]
+    difficult[: len(flags), 0] = flags  # the same first max_boxes objects as object_rows keeps
+  return np.concatenate([rows, difficult], axis=-1)
+
+
 DETECTION = Codec(
-  read=object_rows,
-  column=lambda spec: tf.TensorSpec([spec.max_boxes, 5], tf.float32),
+  read=_detection_rows,
+  column=lambda spec: tf.TensorSpec([spec.max_boxes, 6], tf.float32),
   decode=lambda objects, valid, spec: objects,
   train=_detection_train,
   eval_labels=lambda objects, spec, size: objects,
-  keys=lambda objects: {'boxes': objects[:, :4], 'classes': tf.cast(objects[:, 4], tf.int32)},
+  keys=lambda objects: {
+    'boxes': objects[:, :4],
+    'classes': tf.cast(objects[:, 4], tf.int32),
+    'difficult': objects[:, 5] > 0.5,
+  },
   eval_resize='resize',
   fixed_augment='is not augmented (a crop or flip would have to move its boxes)',
 )

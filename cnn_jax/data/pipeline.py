@@ -12,8 +12,9 @@ example, 0 for eval padding. Classification adds 'label' (B,) int32. Segmentatio
 or spec.ignore_label (255) for pixels that no loss or metric should count (borders the dataset
 marks as unsure, pixels brought in by augmentation padding, every pixel of a padded eval example).
 Detection datasets (spec.task == 'detection') add 'boxes' (B, M, 4) float32, (y_min, x_min, y_max,
-x_max) as fractions of the image, and 'classes' (B, M) int32, -1 on the rows no object fills
-(M = spec.max_boxes); their images are resized, never augmented (a crop or flip would have to move
+x_max) as fractions of the image, 'classes' (B, M) int32, -1 on the rows no object fills
+(M = spec.max_boxes), and 'difficult' (B, M) bool (VOC's flag; False where a dataset has none,
+and on empty rows); their images are resized, never augmented (a crop or flip would have to move
 the boxes too).
 
 Every example's image takes one path (images.py: decode, resize or augment, normalise, channels);

@@ -170,9 +170,10 @@ DATASETS: dict[str, DatasetSpec] = {
     max_boxes=3,
   ),
   # PASCAL VOC 2007 detection (tfds 'voc/2007': train 2,501 / validation 2,510 / test 4,952
-  # images, 20 classes); 'difficult' objects count as ordinary ones. Images hold at most 42
-  # objects. VOC's own val split chooses, so train alone trains (the papers train their final
-  # models on train+val).
+  # images, 20 classes). 'Difficult' objects (objects/is_difficult) are trained on like the others
+  # and reach the eval batches as a flag, for the devkit's mAP (neither counted nor penalised).
+  # Images hold at most 42 objects. VOC's own val split chooses, so train alone trains (the
+  # papers train their final models on train+val).
   'voc': DatasetSpec(
     'voc/2007',
     'train',

@@ -19,7 +19,8 @@ class DetectionHead(nn.Module):
 
   The notes' convolutional implementation (004, "[Convolutional Implementation of Sliding
   Windows]"): one k x k conv of A (5 + C) filters yields every cell's y in one pass. Raw outputs:
-  `activate` (used by `yolo_loss` and `decode_outputs`) applies the sigmoid / exp / softmax.
+  `activate` (used by `cnn_jax.ops.detection_loss.yolo_loss` and `decode_outputs`) applies the
+  sigmoid / exp / softmax.
   Kernel N(0, 0.01^2), bias 0: at initialisation every anchor predicts about p_c = 0.5 and its
   own shape at the cell's centre, with uniform class probabilities.
   """

@@ -1,4 +1,5 @@
-"""YOLO-style detection primitives: targets on a grid of cells and anchors, the loss, IoU, NMS, mAP.
+"""YOLO-style detection primitives: targets on a grid of cells and anchors, IoU, activation and
+decoding; the loss is in `cnn_jax.ops.detection_loss`, NMS and mAP in `detection_metrics`.
 
 Follows the notes' object detection part (seeds/004, [Object Localization] ... [Anchor boxes];
 seeds/002 lists YOLO among the detectors) and, where the notes leave a choice, says which paper
@@ -30,8 +31,9 @@ raw outputs
 (B, S_h, S_w, A, 5 + C); `activate` turns them into the notes' y as YOLOv2 parameterises them
 (Redmon & Farhadi 2017, "YOLO9000", Sec. 2 "Direct location prediction"): p_c = sigmoid(t_0),
 b_x = sigmoid(t_1), b_y = sigmoid(t_2) (inside the cell), b_h = a_h exp(t_3), b_w = a_w exp(t_4)
-(a the anchor), class probabilities softmax(t_5..). `yolo_loss` compares them with the targets in
-the notes' squared-error form; `decode` turns targets or activated predictions back into boxes.
+(a the anchor), class probabilities softmax(t_5..); `decode` turns targets or activated
+predictions back into boxes. `detection_loss.yolo_loss` compares predictions with the targets:
+'yolov2' as YOLOv2's darknet region layer trains them, or 'notes', the notes' squared error.
 
 Evaluation (host side, NumPy, `cnn_jax.ops.detection_metrics`): `nms` per class (004: "[Non-max
 Suppression]", each object
@@ -55,7 +57,6 @@ Anchors = Sequence[tuple[float, float]]
 # box, and the clip keeps exp finite, so the gradient of a masked-out box term stays exactly 0
 # (0 * inf would be NaN).
 MAX_LOG_SCALE = 10.0
-CLASS_LOSSES = ('squared', 'cross_entropy')
 INTERPOLATIONS = ('all', '11point')
 
 
@@ -324,6 +325,17 @@ def activate(outputs: jax.Array, anchors: ArrayLike) -> jax.Array:
   return jnp.concatenate([p_xy, hw, probs], axis=-1)
 
 
+def slot_boxes(y: jax.Array) -> jax.Array:
+  """(..., S_h, S_w, A, 5 + C) y -> (..., S_h, S_w, A, 4) boxes as fractions of the image, one per
+  cell and anchor (`decode` without the flattening; a p_c = 0 target's box has zero area)."""
+  gh, gw = y.shape[-4:-2]
+  rows = jnp.arange(gh, dtype=jnp.float32)[:, None, None]
+  cols = jnp.arange(gw, dtype=jnp.float32)[None, :, None]
+  cy, cx = (rows + y[..., 2]) / gh, (cols + y[..., 1]) / gw
+  h, w = y[..., 3] / gh, y[..., 4] / gw
+  return jnp.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1)
+
+
 def decode(y: ArrayLike, *, image_size: Sequence[float] = (1.0, 1.0)):
   """The notes' y (targets, or `activate`d predictions) -> boxes, scores, classes per anchor.
 
@@ -344,97 +356,13 @@ def decode(y: ArrayLike, *, image_size: Sequence[float] = (1.0, 1.0)):
   if y.ndim < 4 or y.shape[-1] < 6:
     raise UserError(f'decode takes y of shape (..., S_h, S_w, A, 5 + C), C >= 1; got {y.shape}')
   gh, gw, num_anchors = y.shape[-4:-1]
-  rows = jnp.arange(gh, dtype=jnp.float32)[:, None, None]
-  cols = jnp.arange(gw, dtype=jnp.float32)[None, :, None]
-  cy, cx = (rows + y[..., 2]) / gh, (cols + y[..., 1]) / gw
-  h, w = y[..., 3] / gh, y[..., 4] / gw
-  boxes = jnp.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1)
-  boxes = boxes * jnp.concatenate([size, size])
+  boxes = slot_boxes(y) * jnp.concatenate([size, size])
   probs = y[..., 5:]
   scores = y[..., 0] * jnp.max(probs, axis=-1)
   classes = jnp.argmax(probs, axis=-1).astype(jnp.int32)
   batch = y.shape[:-4]
   n = gh * gw * num_anchors
   return boxes.reshape(*batch, n, 4), scores.reshape(*batch, n), classes.reshape(*batch, n)
-
-
-def yolo_loss_terms(
-  outputs: jax.Array,
-  targets: jax.Array,
-  *,
-  anchors: ArrayLike,
-  box_weight: float = 1.0,
-  no_object_weight: float = 1.0,
-  class_loss: str = 'squared',
-) -> dict[str, jax.Array]:
-  """The notes' detection loss per image, and its parts (004, "[Object Localization]").
-
-  The notes: squared error over all of y where p_c = 1, and only (p̂_c - p_c)^2 where p_c = 0
-  (004: "Pc = 0: the loss ignores components 2 to 8"). Per image, summed over cells and anchors:
-
-    objectness  sum_{p_c = 1} (p̂_c - 1)^2
-    no_object   sum_{p_c = 0} p̂_c^2
-    box         sum_{p_c = 1} (b̂_x - b_x)^2 + (b̂_y - b_y)^2 + (b̂_h - b_h)^2 + (b̂_w - b_w)^2
-    class       sum_{p_c = 1} sum_c (ĉ_c - c_c)^2           ('squared', the notes')
-                sum_{p_c = 1} -sum_c c_c log ĉ_c            ('cross_entropy')
-    loss        objectness + no_object_weight no_object + box_weight box + class
-
-  with ŷ = `activate`(outputs). The weights default to 1 (the notes'); YOLOv1 (Redmon et al.
-  2016) uses box_weight 5 and no_object_weight 0.5 because most anchors hold no object. Box and
-  class terms of p_c = 0 anchors are masked with a select, so their gradients are exactly 0.
-
-  Args:
-    outputs: (..., S_h, S_w, A, 5 + C) raw head outputs (any float dtype; computed in float32).
-    targets: same shape, from `encode_targets` (p_c exactly 0 or 1).
-    anchors: (A, 2) anchor shapes (h, w) in cell units, those the head was built for.
-    box_weight, no_object_weight: the weights above, >= 0.
-    class_loss: 'squared' | 'cross_entropy'.
-
-  Returns:
-    {'loss', 'objectness', 'no_object', 'box', 'class'}: float32 arrays of the leading (batch)
-    shape, e.g. (B,) per image; the training loss is the mean of 'loss' over the batch.
-  """
-  if class_loss not in CLASS_LOSSES:
-    raise UserError(f'class_loss={class_loss!r}; expected one of {CLASS_LOSSES}')
-  if not (box_weight >= 0 and no_object_weight >= 0):
-    raise UserError(
-      f'box_weight={box_weight}, no_object_weight={no_object_weight}; expected weights >= 0'
-    )
-  if outputs.shape != targets.shape:
-    raise UserError(
-      f'detection outputs {outputs.shape} and targets {targets.shape} differ; encode targets on '
-      "the head's grid (S_h, S_w), anchors and classes"
-    )
-  pred = activate(outputs, anchors)
-  targets = jnp.asarray(targets, jnp.float32)
-  obj = targets[..., 0] > 0.5  # (..., S_h, S_w, A)
-  zero = jnp.zeros((), jnp.float32)
-  p_err = jnp.square(pred[..., 0] - targets[..., 0])
-  box_err = jnp.sum(jnp.square(pred[..., 1:5] - targets[..., 1:5]), axis=-1)
-  if class_loss == 'squared':
-    class_err = jnp.sum(jnp.square(pred[..., 5:] - targets[..., 5:]), axis=-1)
-  else:
-    log_probs = jax.nn.log_softmax(jnp.asarray(outputs[..., 5:], jnp.float32), axis=-1)
-    class_err = -jnp.sum(targets[..., 5:] * log_probs, axis=-1)
-  axes = (-3, -2, -1)
-  terms = {
-    'objectness': jnp.sum(jnp.where(obj, p_err, zero), axis=axes),
-    'no_object': jnp.sum(jnp.where(obj, zero, p_err), axis=axes),
-    'box': jnp.sum(jnp.where(obj, box_err, zero), axis=axes),
-    'class': jnp.sum(jnp.where(obj, class_err, zero), axis=axes),
-  }
-  terms['loss'] = (
-    terms['objectness']
-    + no_object_weight * terms['no_object']
-    + box_weight * terms['box']
-    + terms['class']
-  )
-  return terms
-
-
-def yolo_loss(outputs: jax.Array, targets: jax.Array, **kwargs: Any) -> jax.Array:
-  """`yolo_loss_terms(...)['loss']`: the per-image loss, shape (B,) (or the leading shape)."""
-  return yolo_loss_terms(outputs, targets, **kwargs)['loss']
 
 
 __all__ = [
@@ -446,6 +374,5 @@ __all__ = [
   'encode_targets',
   'iou',
   'shape_iou',
-  'yolo_loss',
-  'yolo_loss_terms',
+  'slot_boxes',
 ]

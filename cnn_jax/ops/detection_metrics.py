@@ -1,5 +1,7 @@
 """Detection on the host (NumPy): per-class non-max suppression, decoding a head's raw outputs
-into boxes, and PASCAL VOC's average precision (Everingham et al. 2010) at an IoU threshold.
+into boxes, and PASCAL VOC's average precision (Everingham et al. 2010) at an IoU threshold, as
+the VOC devkit computes it (VOCevaldet.m: "difficult" objects neither count nor penalise; AP
+all-point or VOC2007's 11-point).
 
 Box conventions as in cnn_jax/ops/detection.py: (y_min, x_min, y_max, x_max), fractions of the
 image unless `image_size` says pixels.
@@ -119,13 +121,16 @@ def average_precision(
   are taken after each. 'all' (the VOC devkit's rule from 2010 on, Everingham et al. 2015, Sec.
   3.1 of "The PASCAL VOC Challenge: A Retrospective"): the area under the precision-recall curve
   after replacing each precision by the highest precision at any recall >= its own,
-  sum_i (r_i - r_{i-1}) p_interp(r_i). '11point' (VOC 2007, Everingham et al. 2010, Sec. 4.2):
-  the mean over r in {0, 0.1, ..., 1} of the highest precision at recall >= r (0 if none).
+  sum_i (r_i - r_{i-1}) p_interp(r_i). '11point' (VOC 2007, Everingham et al. 2010, Sec. 4.2;
+  the devkit's VOCevaldet.m): the mean over t in {0, 0.1, ..., 1} of the highest precision at
+  recall >= t (0 if none), with recall >= t compared exactly.
 
   Args:
     scores: (K,) the class's detections' scores, over all images.
-    true_positive: (K,) bool: matched to a ground truth (see `mean_average_precision`).
-    num_ground_truth: the class's ground-truth objects over all images, >= 1.
+    true_positive: (K,) bool: matched to a ground truth (`match_detections`; detections of
+      difficult objects left out).
+    num_ground_truth: the class's ground-truth objects over all images that count (not
+      difficult), >= 1.
     interpolation: 'all' | '11point'.
 
   Returns:
@@ -144,8 +149,12 @@ def average_precision(
   recall = tp_cum / num_ground_truth
   precision = tp_cum / np.arange(1, tp.size + 1)
   if interpolation == '11point':
+    # recall >= k / 10 as 10 tp >= k n in integers: exact at recalls of exactly k / 10, where a
+    # floating threshold (np.arange(0, 1.1, 0.1) gives 0.30000000000000004) can miss the point.
     return float(
-      np.mean([np.max(precision[recall >= t], initial=0.0) for t in np.linspace(0, 1, 11)])
+      np.mean(
+        [np.max(precision[10 * tp_cum >= k * num_ground_truth], initial=0.0) for k in range(11)]
+      )
     )
   r = np.concatenate([[0.0], recall, [1.0]])
   p = np.concatenate([[0.0], precision, [0.0]])
@@ -154,37 +163,154 @@ def average_precision(
   return float(np.sum((r[step + 1] - r[step]) * p[step + 1]))
 
 
-def match_detections(
-  boxes: ArrayLike, scores: ArrayLike, gt_boxes: ArrayLike, *, iou_threshold: float = 0.5
-) -> np.ndarray:
-  """True positives among one image's detections of one class (VOC's rule), host side.
+class Matches(NamedTuple):
+  """One image's detections of one class against its ground truths (`match_detections`)."""
 
-  In order of decreasing score (stable), a detection is a true positive when its highest-IoU
-  ground truth has IoU >= iou_threshold and was not matched by a higher-scoring detection; each
-  ground truth is matched at most once, and a detection whose best ground truth is taken is a
-  false positive (VOC does not fall back to the second best).
+  true_positive: np.ndarray  # (K,) bool
+  ignored: np.ndarray  # (K,) bool: matched a "difficult" ground truth, neither TP nor FP
+
+
+def match_detections(
+  boxes: ArrayLike,
+  scores: ArrayLike,
+  gt_boxes: ArrayLike,
+  *,
+  difficult: ArrayLike | None = None,
+  iou_threshold: float = 0.5,
+) -> Matches:
+  """True positives among one image's detections of one class (the VOC devkit's rule), host side.
+
+  In order of decreasing score (stable), each detection takes the ground truth of highest IoU
+  (difficult ones included; equal IoU: the first). Under iou_threshold: a false positive. Else, a
+  difficult ground truth makes it ignored (neither true nor false positive, and the ground truth
+  stays free: every detection of a difficult object is ignored); a ground truth not yet matched
+  makes it a true positive and is then taken; one already taken makes it a false positive (a
+  duplicate; VOC does not fall back to the second best). As VOCevaldet.m, without its +1 of
+  integer pixel boxes (boxes here are fractions or real-valued pixels).
+
+  Args:
+    boxes: (K, 4); scores: (K,); gt_boxes: (G, 4).
+    difficult: (G,) bool, VOC's "difficult" flag of each ground truth; None: all False.
+    iou_threshold: the IoU a match needs.
 
   Returns:
-    (K,) bool, in the input order.
+    `Matches`, each (K,) bool in the input order; the rest are false positives.
   """
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
   scores = np.asarray(scores, np.float64).reshape(-1)
   gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
-  tp = np.zeros(scores.size, bool)
+  hard = np.zeros(gt_boxes.shape[0], bool) if difficult is None else np.asarray(difficult, bool)
+  if hard.shape != (gt_boxes.shape[0],):
+    raise UserError(f'difficult {hard.shape} for {gt_boxes.shape[0]} ground truths; expected (G,)')
+  tp, ignored = np.zeros(scores.size, bool), np.zeros(scores.size, bool)
   if not gt_boxes.shape[0] or not scores.size:
-    return tp
+    return Matches(tp, ignored)
   overlap = iou(boxes, gt_boxes)  # (K, G)
   taken = np.zeros(gt_boxes.shape[0], bool)
   for k in np.argsort(-scores, kind='stable'):
     g = int(np.argmax(overlap[k]))
-    if overlap[k, g] >= iou_threshold and not taken[g]:
+    if overlap[k, g] < iou_threshold:
+      continue
+    if hard[g]:
+      ignored[k] = True
+    elif not taken[g]:
       taken[g] = tp[k] = True
-  return tp
+  return Matches(tp, ignored)
+
+
+class ClassMatches(NamedTuple):
+  """A data set's detections matched per class (`match_dataset`), ready for AP."""
+
+  scores: list[np.ndarray]  # per class: the scores of its counted (not ignored) detections
+  true_positive: list[np.ndarray]  # per class: which of them are true positives
+  num_positives: np.ndarray  # (C,) int64: ground truths that count (not difficult)
+
+
+def match_dataset(
+  detections: Sequence[Detections | tuple[ArrayLike, ArrayLike, ArrayLike]],
+  ground_truth: Sequence[tuple[ArrayLike, ...]],
+  *,
+  num_classes: int,
+  iou_threshold: float = 0.5,
+) -> ClassMatches:
+  """Every image's detections matched to its ground truths, class by class (`match_detections`).
+
+  Args:
+    detections: per image, (boxes (K, 4), scores (K,), classes (K,)) (e.g. `decode_outputs`).
+    ground_truth: per image, (boxes (N, 4), classes (N,)) or (boxes, classes, difficult (N,) bool)
+      in the detections' units; negative classes mark padding rows and are skipped. Difficult
+      objects (VOC's flag) do not count as positives and detections matching them are dropped.
+    num_classes: C.
+    iou_threshold: the IoU a true positive needs.
+  """
+  if len(detections) != len(ground_truth):
+    raise UserError(
+      f'{len(detections)} images of detections but {len(ground_truth)} of ground truth; '
+      'give one entry per image to both'
+    )
+  scores_of = [[] for _ in range(num_classes)]
+  tp_of = [[] for _ in range(num_classes)]
+  num_pos = np.zeros(num_classes, np.int64)
+  for (boxes, scores, classes), truth in zip(detections, ground_truth, strict=True):
+    if len(truth) not in (2, 3):
+      raise UserError(
+        f'ground truth entries of {len(truth)} arrays; give (boxes, classes) or (boxes, classes, '
+        'difficult) per image'
+      )
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    classes = np.asarray(classes).reshape(-1)
+    gt_boxes = np.asarray(truth[0], np.float64).reshape(-1, 4)
+    gt_classes = np.asarray(truth[1]).reshape(-1)
+    hard = np.zeros(gt_classes.shape, bool)
+    if len(truth) == 3:
+      hard = np.asarray(truth[2], bool).reshape(-1)
+    if np.any(classes >= num_classes) or np.any(gt_classes >= num_classes):
+      raise UserError(f'a class >= num_classes={num_classes} in the detections or ground truth')
+    for c in range(num_classes):
+      det, gt = classes == c, gt_classes == c
+      num_pos[c] += int(np.sum(gt & ~hard))
+      if det.any():
+        found = match_detections(
+          boxes[det], scores[det], gt_boxes[gt], difficult=hard[gt], iou_threshold=iou_threshold
+        )
+        scores_of[c].append(scores[det][~found.ignored])
+        tp_of[c].append(found.true_positive[~found.ignored])
+  return ClassMatches(
+    [_concat(p, np.float64) for p in scores_of], [_concat(p, bool) for p in tp_of], num_pos
+  )
+
+
+def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+  return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def class_average_precisions(
+  matches: ClassMatches, *, interpolation: str = 'all'
+) -> dict[str, float | np.ndarray]:
+  """Per-class `average_precision` of `match_dataset`'s result, and their mean.
+
+  Returns:
+    {'mean_ap': float, the mean over classes with at least one counted ground truth (NaN if none
+    has); 'per_class_ap': (C,) float64, NaN for classes without one (their detections are all
+    false positives but no AP is defined); a class with ground truth and no detection has AP 0}.
+  """
+  ap = np.full(len(matches.num_positives), np.nan)
+  for c, n in enumerate(matches.num_positives):
+    if n:
+      ap[c] = average_precision(
+        matches.scores[c], matches.true_positive[c], int(n), interpolation=interpolation
+      )
+  present = ~np.isnan(ap)
+  return {
+    'mean_ap': float(np.mean(ap[present])) if present.any() else float('nan'),
+    'per_class_ap': ap,
+  }
 
 
 def mean_average_precision(
   detections: Sequence[Detections | tuple[ArrayLike, ArrayLike, ArrayLike]],
-  ground_truth: Sequence[tuple[ArrayLike, ArrayLike]],
+  ground_truth: Sequence[tuple[ArrayLike, ...]],
   *,
   num_classes: int,
   iou_threshold: float = 0.5,
@@ -194,65 +320,31 @@ def mean_average_precision(
 
   Per class: every image's detections of that class are matched to its ground truths of that
   class (`match_detections`: greedy by score, each ground truth at most once, IoU >= 0.5 at the
-  default, the notes' "correct"), then all images' detections are ranked together by score for
-  `average_precision`. VOC's "difficult" objects are not modelled (every ground truth counts).
+  default, the notes' "correct"; difficult objects as the devkit), then all images' detections
+  are ranked together by score for `average_precision`. `match_dataset` and
+  `class_average_precisions` are its two halves (match once, then AP of both interpolations).
 
   Args:
-    detections: per image, (boxes (K, 4), scores (K,), classes (K,)) (e.g. `decode_outputs`).
-    ground_truth: per image, (boxes (N, 4), classes (N,)) in the detections' units; negative
-      classes mark padding rows and are skipped.
-    num_classes: C.
-    iou_threshold: the IoU a true positive needs.
+    detections, ground_truth, num_classes, iou_threshold: as `match_dataset`.
     interpolation: 'all' (VOC 2010 on) | '11point' (VOC 2007).
 
   Returns:
-    {'mean_ap': float, the mean over classes with at least one ground truth (NaN if none has);
-    'per_class_ap': (C,) float64, NaN for classes without ground truth (their detections are all
-    false positives but no AP is defined); a class with ground truth and no detection has AP 0}.
+    As `class_average_precisions`.
   """
-  if len(detections) != len(ground_truth):
-    raise UserError(
-      f'{len(detections)} images of detections but {len(ground_truth)} of ground truth; '
-      'give one entry per image to both'
-    )
-  per_class_scores = [[] for _ in range(num_classes)]
-  per_class_tp = [[] for _ in range(num_classes)]
-  num_gt = np.zeros(num_classes, np.int64)
-  for (boxes, scores, classes), (gt_boxes, gt_classes) in zip(
-    detections, ground_truth, strict=True
-  ):
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    classes = np.asarray(classes).reshape(-1)
-    gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
-    gt_classes = np.asarray(gt_classes).reshape(-1)
-    if np.any(classes >= num_classes) or np.any(gt_classes >= num_classes):
-      raise UserError(f'a class >= num_classes={num_classes} in the detections or ground truth')
-    for c in range(num_classes):
-      det, gt = classes == c, gt_classes == c
-      num_gt[c] += int(gt.sum())
-      if det.any():
-        per_class_scores[c].append(scores[det])
-        per_class_tp[c].append(
-          match_detections(boxes[det], scores[det], gt_boxes[gt], iou_threshold=iou_threshold)
-        )
-  ap = np.full(num_classes, np.nan)
-  for c in range(num_classes):
-    if num_gt[c]:
-      s = np.concatenate(per_class_scores[c]) if per_class_scores[c] else np.zeros(0)
-      tp = np.concatenate(per_class_tp[c]) if per_class_tp[c] else np.zeros(0, bool)
-      ap[c] = average_precision(s, tp, int(num_gt[c]), interpolation=interpolation)
-  present = ~np.isnan(ap)
-  return {
-    'mean_ap': float(np.mean(ap[present])) if present.any() else float('nan'),
-    'per_class_ap': ap,
-  }
+  matches = match_dataset(
+    detections, ground_truth, num_classes=num_classes, iou_threshold=iou_threshold
+  )
+  return class_average_precisions(matches, interpolation=interpolation)
 
 
 __all__ = [
+  'ClassMatches',
   'Detections',
+  'Matches',
   'average_precision',
+  'class_average_precisions',
   'decode_outputs',
+  'match_dataset',
   'match_detections',
   'mean_average_precision',
   'nms',
