@@ -24,12 +24,12 @@ config_flags.DEFINE_config_file(
   'config', None, 'Config file; file.py:arg picks a variant.', lock_config=True
 )
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs and summary.json.')
-flags.DEFINE_enum(
-  'mode', 'train', ['train', 'eval', 'predict', 'export', 'summary', 'gather'], 'What to do.'
-)
+MODES = ['train', 'eval', 'predict', 'export', 'summary', 'gather']
+flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
 flags.DEFINE_list('inputs', [], 'predict: image files, globs and folders, comma-separated.')
 flags.DEFINE_integer('top_k', 5, 'predict: the classes listed per image.')
 flags.DEFINE_string('output', None, 'predict / export: the output folder (default in --workdir).')
+flags.DEFINE_enum('export_format', 'saved_model', ['saved_model', 'stablehlo'], 'export: format.')
 flags.DEFINE_integer('shard_index', 0, 'Sweeps: run trials i with i % num_shards == shard_index.')
 flags.DEFINE_integer('num_shards', 1, 'Sweeps: the number of processes (or hosts) sharing it.')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
@@ -38,7 +38,7 @@ flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
 flags.DEFINE_bool('distributed', False, 'Multi-host with the cluster detected by JAX (TPU, SLURM).')
 flags.mark_flags_as_required(['config'])
 RUN_FLAGS = ['coordinator_address', 'num_processes', 'process_id', 'distributed', 'inputs']
-RUN_FLAGS += ['shard_index', 'num_shards', 'top_k', 'output']
+RUN_FLAGS += ['shard_index', 'num_shards', 'top_k', 'output', 'export_format']
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

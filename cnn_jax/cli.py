@@ -138,12 +138,13 @@ def run(
   inputs: Sequence[str] = (),
   top_k: int = 5,
   output: str | None = None,
+  export_format: str = 'saved_model',
 ) -> None:
   """`config_file`: the config's path; a file that defines get_trials is a sweep (sweep.py).
   `config.recipe` ('' = one training run; RECIPES) names a run made of runs.
 
   predict (cnn_jax/inference/predict.py) reads `inputs`, `top_k` and `output`; export
-  (cnn_jax/inference/export.py) `output`.
+  (cnn_jax/inference/export.py) `output` and `export_format`.
   """
   quiet_libraries()
   recipe = config.get('recipe', '')
@@ -191,7 +192,8 @@ def run(
   if mode == 'export':
     from cnn_jax.inference import export
 
-    print(json.dumps(export.export(config, workdir, output=output), indent=2))
+    info = export.export(config, workdir, output=output, export_format=export_format)
+    print(json.dumps(info, indent=2))
     return
   _initialize_distributed(coordinator_address, num_processes, process_id, distributed)
   if hooks is not None:

@@ -17,7 +17,10 @@ import numpy as np
 
 from cnn_jax import data as data_lib
 from cnn_jax.core.errors import UserError
-from cnn_jax.core.quiet_tf import tf
+
+# encoded image bytes -> the image the model takes, both tf.Tensors. TensorFlow is imported
+# where images are decoded, not with this module: predict's other users (export) need none.
+Preprocess = Callable[[Any], Any]
 
 # What tf.io.decode_image reads.
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')
@@ -66,9 +69,7 @@ def _folder_images(folder: str) -> list[str]:
   return files
 
 
-def eval_preprocess(
-  data: Any, config: ml_collections.ConfigDict
-) -> Callable[[tf.Tensor], tf.Tensor]:
+def eval_preprocess(data: Any, config: ml_collections.ConfigDict) -> Preprocess:
   """encoded image bytes -> the normalised (S, S, C) float32 image that eval feeds the model.
 
   The pipeline's own eval preprocessing of `data` (data.eval_preprocess_fn: what eval_iterator
@@ -84,13 +85,15 @@ def eval_preprocess(
   )
 
 
-def load_images(paths: Sequence[str], preprocess: Callable[[tf.Tensor], tf.Tensor]) -> np.ndarray:
+def load_images(paths: Sequence[str], preprocess: Preprocess) -> np.ndarray:
   """(N, S, S, C) float32: each file read and preprocessed; an unreadable file is a UserError
   naming it.
 
   Mapped with tf.data, as eval_iterator maps it: a tf.function of the same ops can round
   differently (Grappler rewrites the graph: 1 ulp on 1 value in 6 of 64 digits eval images).
   """
+  from cnn_jax.core.quiet_tf import tf
+
   encoded = []
   for path in paths:
     try:

@@ -44,6 +44,7 @@ import numpy as np
 from cnn_jax import tasks, train
 from cnn_jax.core.checkpoint import Checkpointer
 from cnn_jax.core.errors import UserError
+from cnn_jax.data import synthetic
 from cnn_jax.inference.images import IMAGE_EXTENSIONS, eval_preprocess, find_images, load_images
 
 PyTree = Any
@@ -135,10 +136,13 @@ def _batched(fn: Callable, variables: PyTree, images: np.ndarray, batch: int) ->
 
 def class_names(exp: train.Experiment) -> list[str]:
   """The name of each of the run's classes: the dataset's label names where tfds has them (after
-  config.data_classes' relabelling), else the class indices as strings."""
+  config.data_classes' relabelling), else the class indices as strings (synthetic data: no
+  TensorFlow imported)."""
+  data, config = exp.data, exp.config
+  if synthetic.is_synthetic(data.name):
+    return [str(c) for c in range(exp.num_classes)]
   from cnn_jax.core.quiet_tf import tfds
 
-  data, config = exp.data, exp.config
   names = None
   if data.spec.task == 'classification':
     if data.name.startswith('folder:'):
