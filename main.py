@@ -49,11 +49,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
   if message is None:
     try:
       return FLAGS(argv)
+    except flags.IllegalFlagValueError as e:  # --mode=bogus, --export_format=onnx
+      message = str(e)
     except (KeyError, AttributeError):  # what ml_collections raises for an unknown field
-      try:
-        message = cli.config_typo(argv)
-      except Exception:  # the config itself did not load: let the original error speak
-        message = None
+      message = cli.config_typo(argv)
       if message is None:
         raise
   print(f'error: {message}', file=sys.stderr)

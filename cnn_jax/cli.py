@@ -61,7 +61,15 @@ def config_file_error(argv: list[str]) -> str | None:
 
 def config_typo(argv: list[str]) -> str | None:
   """The first --config.a.b=... override naming no field of the loaded config, with the closest
-  names at the level where it goes wrong; None when every override names a field."""
+  names at the level where it goes wrong; None when every override names a field, or when the
+  config itself does not load (then the original error speaks)."""
+  try:
+    return _config_typo(argv)
+  except Exception:
+    return None
+
+
+def _config_typo(argv: list[str]) -> str | None:
   # The config as loaded before any override (absl had not stored it when the override failed).
   spec = next(a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config='))
   path, _, arg = spec.partition(':')

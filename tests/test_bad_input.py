@@ -189,6 +189,25 @@ def test_config_typo_is_one_line_with_close_names(tmp_path, data_dir, override, 
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.parametrize(
+  'flag, line',
+  [
+    (
+      '--mode=bogus',
+      'error: flag --mode=bogus: value should be one of <train|eval|predict|export|summary|gather>',
+    ),
+    (
+      '--export_format=onnx',
+      'error: flag --export_format=onnx: value should be one of <saved_model|stablehlo>',
+    ),
+  ],
+)
+def test_a_bad_choice_of_a_flag_is_one_line(tmp_path, data_dir, flag, line):
+  code, _, err = helpers.run([*helpers.TINY, flag, f'--workdir={tmp_path}/w'], data_dir)
+  assert code == 2 and err.strip().splitlines() == [line]
+  assert not (tmp_path / 'w').exists()
+
+
 def _folder_with_a_corrupt_image(root):
   from PIL import Image
 
