@@ -6,8 +6,10 @@ Iteration 0 trains a clean teacher (no RandAugment, dropout or stochastic depth)
 split; iteration k >= 1 lets iteration k - 1 label the unlabelled pool (eval mode, no
 augmentation), filters and balances the pseudo-labels (cnn_jax/recipes/pseudo_labels.py), and
 trains a
-student with noise on both: loss = CE(labelled) + unlabel_ratio * CE(pseudo-labelled), each batch
-holding `batch_size` labelled and `unlabeled_batch_size` pseudo-labelled images. Each iteration
+student with noise on both, each batch holding `batch_size` labelled and `unlabeled_batch_size`
+pseudo-labelled images: loss = CE(labelled) + (unlabeled_batch_size / batch_size) *
+CE(pseudo-labelled), both means, so that every image counts alike (the reference's weighting,
+cnn_jax/tasks/self_training.py). Each iteration
 is a trainer workdir of its own (workdir/iter0, iter1, ...); rerunning the command resumes.
 (cnn_jax/recipes/noisy_student.py.)
 
@@ -48,7 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ns.threshold = 0.0  # drop pool images whose teacher confidence is below (paper: 0.3)
   ns.balance = 'duplicate'  # 'none' | 'duplicate' | 'subsample' | 'both' (pseudo_labels.py)
   ns.per_class = -1  # <= 0: pseudo_labels.select's default for the balance mode
-  ns.unlabel_ratio = 1.0  # weight of the pseudo-labelled loss
+  # Pseudo-labelled images a batch; the loss weighs them as labelled ones (weight = this /
+  # batch_size, the reference's unlabel_ratio).
   ns.unlabeled_batch_size = 96
   ns.pseudo_labels = ''  # set per iteration by cnn_jax/recipes/noisy_student.py
   if arg in (None, '', 'digits'):
@@ -70,7 +73,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     default.set_variant(config, 'cifar10')
     ns.labeled_fraction = 0.08
     config.batch_size = 64
-    ns.unlabeled_batch_size = 448  # 7x, as the paper's ratio for its smaller models
+    # 7x, as the paper's ratio for its smaller models; the loss weighs the pseudo part 7x (its
+    # mean), so each image counts alike.
+    ns.unlabeled_batch_size = 448
     config.num_train_steps = 40_000
     config.optimizer.nesterov = True
     config.optimizer.weight_decay = 5e-4

@@ -35,6 +35,7 @@ TINY = [
 
 
 def test_self_training_loss_weights_the_two_parts():
+  # unlabel_ratio 2: two pseudo-labelled rows per labelled one in the reference's batches.
   task = tasks.SelfTraining(num_classes=3, unlabel_ratio=2.0)
   logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]])
   target = jnp.array([[1.0, 0, 0], [0, 1.0, 0], [0.2, 0.3, 0.5], [0, 0, 1.0]])
@@ -44,6 +45,36 @@ def test_self_training_loss_weights_the_two_parts():
   expected = (ce[0] + ce[1]) / 2 + 2.0 * (ce[2] + ce[3]) / 2
   batch = {'target': target, 'pseudo': pseudo}
   np.testing.assert_allclose(task.loss(logits, batch), expected, rtol=1e-6)
+
+
+def test_each_image_counts_alike_as_in_the_reference():
+  # google-research/noisystudent, main.py: data_loss = (lab_loss * lab_bsz + unl_loss * unl_bsz)
+  # / lab_bsz with both losses means: with 1 labelled and 3 pseudo rows, the loss is the sum of
+  # the four rows' cross-entropies over the labelled count.
+  from configs import noisy_student
+
+  config = noisy_student.get_config('cifar10')
+  assert config.noisy_student.unlabeled_batch_size / config.batch_size == 7
+  task = tasks.SelfTraining(num_classes=2, unlabel_ratio=3.0)
+  logits = jnp.array([[1.0, 0.0], [0.0, 2.0], [0.5, 0.5], [3.0, 1.0]])
+  target = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.3, 0.7]])
+  batch = {'target': target, 'pseudo': jnp.array([0.0, 1.0, 1.0, 1.0])}
+  z = logits - jnp.log(jnp.sum(jnp.exp(logits), -1, keepdims=True))
+  ce = -jnp.sum(target * z, -1)
+  np.testing.assert_allclose(task.loss(logits, batch), jnp.sum(ce) / 1, rtol=1e-6)
+
+
+def test_label_smoothing_reaches_hard_pseudo_labels_not_soft_ones():
+  logits = jnp.array([[1.0, 0.0, 0.0], [0.0, 2.0, 1.0]])
+  target = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+  batch = {'target': target, 'pseudo': jnp.array([0.0, 1.0])}
+  z = logits - jnp.log(jnp.sum(jnp.exp(logits), -1, keepdims=True))
+  smooth = target * 0.9 + 0.1 / 3
+  ce = lambda t: -jnp.sum(t * z, -1)  # noqa: E731
+  soft = tasks.SelfTraining(num_classes=3, label_smoothing=0.1)
+  hard = tasks.SelfTraining(num_classes=3, label_smoothing=0.1, hard_pseudo_labels=True)
+  np.testing.assert_allclose(soft.loss(logits, batch), ce(smooth)[0] + ce(target)[1], rtol=1e-6)
+  np.testing.assert_allclose(hard.loss(logits, batch), ce(smooth)[0] + ce(smooth)[1], rtol=1e-6)
 
 
 @pytest.fixture(scope='module')

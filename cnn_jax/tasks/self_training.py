@@ -38,13 +38,18 @@ class SelfTraining(Classification):
 
   batch['target'] holds a probability row per example (one-hot for labelled rows, the teacher's
   hard or soft pseudo-label otherwise), batch['pseudo'] 1.0 on pseudo rows. Loss = mean CE over
-  the labelled rows (label smoothing applies to them only) + unlabel_ratio * mean CE over the
-  pseudo rows; both means are over this device's rows, which the input pipeline splits evenly
-  over devices, so their average over devices is the global batch's. Evaluation is plain
-  classification.
+  the labelled rows + unlabel_ratio * mean CE over the pseudo rows, with unlabel_ratio the
+  pseudo-labelled rows per labelled row of a batch (unlabeled_batch_size / batch_size), as the
+  reference (google-research/noisystudent, main.py: data_loss = (lab_loss * lab_bsz + unl_loss *
+  unl_bsz) / lab_bsz): every image counts alike, pseudo-labelled or labelled. Label smoothing
+  applies to the labelled rows and to hard pseudo-labels (the reference smooths its one-hot
+  pseudo-labels too), not to soft ones. Both means are over this device's rows, which the input
+  pipeline splits evenly over devices, so their average over devices is the global batch's.
+  Evaluation is plain classification.
   """
 
-  unlabel_ratio: float = 1.0
+  unlabel_ratio: float = 1.0  # pseudo-labelled rows per labelled row of a batch
+  hard_pseudo_labels: bool = False  # one-hot pseudo-labels: label smoothing applies to them
   # The unlabelled pool (a Subset of the train split) and this student's pseudo-labels
   # ({'indices': (M,), 'targets': (M, K)}, rows of `pool`), written by cnn_jax/recipes/.
   pool: Any = dataclasses.field(default=None, compare=False)
@@ -53,8 +58,8 @@ class SelfTraining(Classification):
 
   @classmethod
   def from_config(cls, setup: TaskSetup) -> 'SelfTraining':
-    """config.noisy_student: its pseudo_labels file (rows of the pool), unlabel_ratio and
-    unlabeled_batch_size."""
+    """config.noisy_student: its pseudo_labels file (rows of the pool), unlabeled_batch_size
+    (unlabel_ratio = unlabeled_batch_size / batch_size) and mode."""
     ns = setup.config.get('noisy_student')
     if ns is None or not ns.get('pseudo_labels') or setup.pool is None:
       raise UserError(
@@ -64,7 +69,8 @@ class SelfTraining(Classification):
     return cls(
       setup.num_classes,
       setup.config.label_smoothing,
-      unlabel_ratio=ns.unlabel_ratio,
+      unlabel_ratio=ns.unlabeled_batch_size / setup.config.batch_size,
+      hard_pseudo_labels=ns.get('mode', 'soft') == 'hard',
       pool=setup.pool,
       pseudo=load_pseudo_labels(ns.pseudo_labels, len(setup.pool), setup.num_classes),
       unlabeled_batch=ns.unlabeled_batch_size,
@@ -89,7 +95,10 @@ class SelfTraining(Classification):
     labelled = 1.0 - pseudo
     targets = batch['target'].astype(jnp.float32)
     smoothed = optax.smooth_labels(targets, self.label_smoothing)
-    targets = jnp.where(pseudo[:, None] > 0, targets, smoothed)
+    if not self.hard_pseudo_labels:  # soft pseudo-labels are the teacher's, unsmoothed
+      targets = jnp.where(pseudo[:, None] > 0, targets, smoothed)
+    else:
+      targets = smoothed
     ce = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
     labelled_loss = jnp.sum(ce * labelled) / jnp.maximum(jnp.sum(labelled), 1.0)
     pseudo_loss = jnp.sum(ce * pseudo) / jnp.maximum(jnp.sum(pseudo), 1.0)
