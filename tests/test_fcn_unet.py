@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cnn_jax.core.errors import UserError
-from cnn_jax.models.fcn import FCN, fcn, fcn_resnet, fcn_resnet_tiny, fcn_tiny
+from cnn_jax.models.fcn import FCN, VARIANTS, fcn, fcn_resnet, fcn_resnet_tiny, fcn_tiny
 from cnn_jax.models.unet import unet, unet_tiny, unet_valid
 from cnn_jax.models.vgg import vgg, vgg_tiny
 from cnn_jax.nn.upsample import UPSAMPLE_MODES, Upsample, bilinear_kernel
@@ -94,6 +94,56 @@ def test_bilinear_kernel_is_caffe_upsample_filt():
   assert not k[:, :, 0, 1].any() and not k[:, :, 1, 0].any()  # channel c from channel c only
 
 
+def _tent(size: int) -> np.ndarray:
+  """The standard bilinear kernel, written out: 1 - |i - c| / f, f = ceil(size / 2)."""
+  f = -(-size // 2)
+  c = f - 1 if size % 2 == 1 else f - 0.5
+  return 1 - np.abs(np.arange(size) - c) / f
+
+
+@pytest.mark.parametrize('factor,size', [(2, 4), (8, 16), (2, 3)])
+def test_fixed_bilinear_upsampling_is_the_tent_and_has_no_parameters(factor, size):
+  # An impulse at input pixel (i0, j0) of channel 1: the output is the tent outer product centred
+  # on (i0 * factor, j0 * factor) less the crop (size - factor) // 2, in channel 1 only.
+  x = np.zeros((1, 4, 5, 3), np.float32)
+  i0, j0 = 2, 1
+  x[0, i0, j0, 1] = 1.0
+  up = Upsample(3, factor, kernel_size=size, learned=False)
+  variables = jax.eval_shape(lambda x: up.init(jax.random.key(0), x), x)
+  assert variables == {}  # nothing to learn (the learned layer has size * size * 3 * 3 weights)
+  y = np.asarray(up.apply({}, x))  # (1, 4 * factor, 5 * factor, 3)
+  assert y.shape == (1, 4 * factor, 5 * factor, 3)
+  crop = (size - factor) // 2
+  expected = np.zeros(y.shape[1:3], np.float32)
+  for r in range(y.shape[1]):
+    for c in range(y.shape[2]):
+      a, b = r + crop - i0 * factor, c + crop - j0 * factor
+      if 0 <= a < size and 0 <= b < size:
+        expected[r, c] = _tent(size)[a] * _tent(size)[b]
+  np.testing.assert_allclose(y[0, :, :, 1], expected, atol=1e-7)
+  assert not y[..., 0].any() and not y[..., 2].any()  # channel c from channel c only
+  if size == 2 * factor:  # the same operator as the learned layer at its bilinear init
+    learned = Upsample(3, factor, kernel_size=size)
+    np.testing.assert_allclose(y, learned.apply(learned.init(jax.random.key(0), x), x), atol=1e-7)
+
+
+def test_fixed_bilinear_upsampling_of_a_ramp_is_linear():
+  # 4x4 / 2 on a ramp: away from the border (where the transposed conv sees zeros beyond the
+  # edge) the output is the ramp sampled at half-pixel centres, as jax.image.resize gives it.
+  i, j = np.meshgrid(np.arange(6), np.arange(5), indexing='ij')
+  x = (0.5 * i - 0.25 * j + 1.0)[None, :, :, None].astype(np.float32)  # (1, 6, 5, 1)
+  y = np.asarray(Upsample(1, 2, learned=False).apply({}, x))
+  expected = np.asarray(jax.image.resize(x, (1, 12, 10, 1), 'bilinear'))
+  np.testing.assert_allclose(y[:, 1:-1, 1:-1], expected[:, 1:-1, 1:-1], atol=1e-6)
+  np.testing.assert_allclose(np.diff(y[0, 1:-1, 1:-1, 0], axis=0), 0.25, atol=1e-6)
+  np.testing.assert_allclose(np.diff(y[0, 1:-1, 1:-1, 0], axis=1), -0.125, atol=1e-6)
+  # The resize modes without learning are the plain resize.
+  y = Upsample(1, 2, mode='bilinear', learned=False).apply({}, x)
+  np.testing.assert_array_equal(y, expected)
+  with pytest.raises(UserError, match=r'Upsample\(learned=False\) interpolates each channel, so'):
+    Upsample(2, 2, learned=False).apply({}, x)
+
+
 @pytest.mark.parametrize('mode', UPSAMPLE_MODES)
 def test_upsample_shapes_every_mode(mode):
   x = jax.ShapeDtypeStruct((2, 5, 7, 6), jnp.float32)
@@ -165,6 +215,7 @@ def _deconv(factor: int) -> int:
   return (2 * factor) ** 2 * 21 * 21  # kernel 2f, 21 -> 21 channels, no bias (Caffe's)
 
 
+# learned_upsampling=True (this model's behaviour before it followed the reference).
 FCN_PARAMS = {
   # 134,346,581 + upscore 1,806,336
   '32s': VGG16_CONVS + FC6 + FC7 + SCORE_FR + _deconv(32),
@@ -183,20 +234,77 @@ FCN_PARAMS = {
 }
 
 
+# The default, the reference's: up-sampling fixed (lr_mult 0), so no deconv kernels; the skip
+# scales are constants. FCN-32s is then exactly the paper's Table 1 net.
+FCN_FIXED_PARAMS = {
+  '32s': VGG16_CONVS + FC6 + FC7 + SCORE_FR,
+  '16s': VGG16_CONVS + FC6 + FC7 + SCORE_FR + (512 * 21 + 21),
+  '8s': VGG16_CONVS + FC6 + FC7 + SCORE_FR + (512 * 21 + 21) + (256 * 21 + 21),
+}
+# What learning the up-sampling adds: the deconv kernels, (2f)^2 * 21 * 21 each.
+DECONVS = {'32s': _deconv(32), '16s': _deconv(2) + _deconv(16), '8s': 2 * _deconv(2) + _deconv(8)}
+
+
 def test_fcn_vgg_params_match_caffe_layout():
   assert FCN_PARAMS == {'32s': 136_152_917, '16s': 134_815_994, '8s': 134_489_759}
-  for variant, expected in FCN_PARAMS.items():
-    params = helpers.shapes(fcn(variant), (1, 32, 32, 3))['params']
-    assert helpers.count(params) == expected
-    assert helpers.count(params['backbone']) == VGG16_CONVS
-    learned = VGG16_CONVS + FC6 + FC7 + SCORE_FR
-    assert round(learned / 1e6) == 134  # the paper's Table 1
-  params = helpers.shapes(fcn('8s'), (1, 32, 32, 3))['params']
+  assert FCN_FIXED_PARAMS == {'32s': 134_346_581, '16s': 134_357_354, '8s': 134_362_751}
+  assert DECONVS == {'32s': 1_806_336, '16s': 458_640, '8s': 127_008}
+  assert round(FCN_FIXED_PARAMS['32s'] / 1e6) == 134  # the paper's Table 1
+  for variant in VARIANTS:
+    fixed = helpers.shapes(fcn(variant), (1, 32, 32, 3))['params']
+    assert helpers.count(fixed) == FCN_FIXED_PARAMS[variant]
+    assert not [k for k in fixed if k.startswith('upscore')]
+    learned = helpers.shapes(fcn(variant, learned_upsampling=True), (1, 32, 32, 3))['params']
+    assert helpers.count(learned) == FCN_PARAMS[variant]
+    assert FCN_PARAMS[variant] - FCN_FIXED_PARAMS[variant] == DECONVS[variant]
+    assert helpers.count(learned['backbone']) == VGG16_CONVS
+  params = helpers.shapes(fcn('8s', learned_upsampling=True), (1, 32, 32, 3))['params']
   assert params['fc6']['kernel'].shape == (7, 7, 512, 4096)
   assert params['upscore8']['deconv']['kernel'].shape == (16, 16, 21, 21)
-  # Resize + conv: each upscore is a 3x3 conv, 21 -> 21, no bias.
-  resized = helpers.param_count(fcn('8s', upsample='bilinear'), (1, 32, 32, 3))
-  assert resized == FCN_PARAMS['8s'] - 2 * _deconv(2) - _deconv(8) + 3 * 9 * 21 * 21
+  # Resize + conv: each upscore is a 3x3 conv, 21 -> 21, no bias; fixed: a plain resize.
+  resized = fcn('8s', upsample='bilinear', learned_upsampling=True)
+  assert helpers.param_count(resized, (1, 32, 32, 3)) == FCN_FIXED_PARAMS['8s'] + 3 * 9 * 21 * 21
+  resized = fcn('8s', upsample='bilinear')
+  assert helpers.param_count(resized, (1, 32, 32, 3)) == FCN_FIXED_PARAMS['8s']
+
+
+def test_fcn_tiny_fixed_upsampling_drops_exactly_the_deconv_kernels():
+  # fcn_tiny (11 classes): upscore2 and upscore_pool4 4x4, upscore8 16x16, each 11 -> 11.
+  learned = helpers.param_count(fcn_tiny(learned_upsampling=True), (1, 32, 32, 3))
+  fixed = helpers.param_count(fcn_tiny(), (1, 32, 32, 3))
+  assert learned - fixed == 2 * 4 * 4 * 11 * 11 + 16 * 16 * 11 * 11 == 34_848
+
+
+def _fcn_calls(model: nn.Module, variables: dict, x: np.ndarray) -> dict:
+  """{submodule name: (call args, output)} of the FCN's own submodules in one apply."""
+  calls = {}
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == '__call__' and len(context.module.path) == 1:
+      calls[context.module.name] = (args, out)
+    return out
+
+  with nn.intercept_methods(record):
+    model.apply(variables, x)
+  return calls
+
+
+def test_fcn_skips_are_scaled_before_their_scorers():
+  # The at-once net's Scale layers: score_pool4 reads 0.01 * pool4, score_pool3 1e-4 * pool3.
+  x = np.random.default_rng(0).normal(size=(1, 32, 32, 3)).astype(np.float32)
+  model = fcn_tiny()
+  variables = _numpy_variables(model, x)
+  for scale, (s4, s3) in (((0.01, 1e-4), (0.01, 1e-4)), ((1.0, 1.0), (1.0, 1.0))):
+    calls = _fcn_calls(model.clone(skip_scale=scale), variables, x)
+    feats = calls['backbone'][1]
+    pool4, pool3 = np.asarray(feats['pool4']), np.asarray(feats['pool3'])
+    assert np.abs(pool4).max() > 0.1 and np.abs(pool3).max() > 0.1  # not trivially zero
+    np.testing.assert_array_equal(calls['score_pool4'][0][0], pool4 * np.float32(s4))
+    np.testing.assert_array_equal(calls['score_pool3'][0][0], pool3 * np.float32(s3))
+  assert _error(lambda: helpers.shapes(fcn_tiny(skip_scale=(0.1,)), (1, 32, 32, 3))) == (
+    'FCN.skip_scale=(0.1,); expected two multipliers (pool4, pool3)'
+  )
 
 
 def test_fcn_resnet_params_equal_torchvision():
@@ -245,8 +353,9 @@ def test_unet_params_match_hand_count():
 
 @pytest.mark.parametrize('variant', ['32s', '16s', '8s'])
 @pytest.mark.parametrize('mode', UPSAMPLE_MODES)
-def test_fcn_tiny_output_shapes(variant, mode):
-  model = fcn_tiny(variant=variant, upsample=mode)
+@pytest.mark.parametrize('learned', [False, True])
+def test_fcn_tiny_output_shapes(variant, mode, learned):
+  model = fcn_tiny(variant=variant, upsample=mode, learned_upsampling=learned)
   logits, _ = _apply_shapes(model, (2, 64, 96, 3))
   assert logits.shape == (2, 64, 96, 11) and logits.dtype == jnp.float32
   assert model.output_size(64) == 64

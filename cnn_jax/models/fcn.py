@@ -8,9 +8,21 @@ scorer, then upsampling back to the input. 32s upsamples the stride-32 scores x3
 x2-upsampled scores to a 1x1 scoring of pool4 (stride 16) and upsamples that x16; 8s adds pool3
 (stride 8) the same way and upsamples x8. Layer names are the Caffe model's: 'fc6', 'fc7',
 'score_fr', 'score_pool4', 'score_pool3', 'upscore' (32s), 'upscore2', 'upscore16' (16s),
-'upscore_pool4', 'upscore8' (8s). As in the paper, the scoring layers start at zero and the
-transposed convs at bilinear interpolation (`cnn_jax.nn.upsample`); with `upsample='bilinear'` or
-'nearest' each upscore is a resize followed by a 3x3 conv started at the identity instead.
+'upscore_pool4', 'upscore8' (8s). As in the paper, the scoring layers start at zero.
+
+As the reference's at-once net (shelhamer/fcn.berkeleyvision.org, voc-fcn8s-atonce), by default:
+- Skip scaling, `skip_scale=(0.01, 1e-4)`: pool4 is multiplied by 0.01 and pool3 by 1e-4 before
+  score_pool4 / score_pool3 (its fixed `Scale` layers scale_pool4 / scale_pool3, lr_mult 0; here
+  constants, no parameters; the reference's comment: "scale pool4 skip for compatibility"). They
+  damp the skips' un-normalised VGG features against the coarse scores while all layers learn at
+  once. `skip_scale=(1.0, 1.0)`: the staged nets' unscaled skips, this model's behaviour before.
+  FCN-16s uses the first entry only.
+- Fixed bilinear upsampling, `learned_upsampling=False`: every upscore is a transposed conv with
+  the constant bilinear kernel (its Deconvolution layers are bilinear-initialised with lr_mult 0,
+  in the at-once and the staged nets alike), no parameters. `learned_upsampling=True`: the
+  (2f, 2f, C, C) kernels are parameters started at bilinear (`cnn_jax.nn.upsample`).
+With `upsample='bilinear'` or 'nearest' each upscore is a resize instead, followed (if learned) by
+a 3x3 conv started at the identity.
 
 Padding, where this departs from the Caffe model: Caffe pads conv1_1 by 100 pixels, so that fc6
 (7x7, no padding) sees a map of at least 7x7 for any input, and crops every upsampled map back
@@ -21,9 +33,9 @@ and the output is exactly H x W. Other sizes raise UserError naming the nearest 
 
 Parameters (21 classes, kernels 2f / stride f without bias as Caffe's Deconvolution layers): the
 paper's Table 1 gives 134M for FCN-VGG16, i.e. the VGG-16 convs (14,714,688) + fc6 (102,764,544) +
-fc7 (16,781,312) + score_fr (86,037) = 134,346,581; this model also counts the upsampling kernels
-(C * C * k * k: 1,806,336 for 32s; the paper's final upsampling was fixed to bilinear, learning
-rate 0, which this model leaves learnable).
+fc7 (16,781,312) + score_fr (86,037) = 134,346,581, which is this FCN-32s by default; 16s adds
+score_pool4 (10,773), 8s also score_pool3 (5,397). `learned_upsampling=True` adds the upsampling
+kernels (C * C * k * k: 1,806,336 for 32s, 458,640 for 16s, 127,008 for 8s).
 
 FCN-ResNet (torchvision `fcn_resnet50` / `fcn_resnet101`): the registry's ResNet with
 `num_classes=0` at output stride 8 (stages 3 and 4 dilated), torchvision's FCNHead (3x3 conv to
@@ -71,7 +83,10 @@ class FCN(nn.Module):
   hidden: int = 4096  # filters of fc6 and fc7
   fc6_kernel: int = 7  # VGG's 7x7 pool5 grid
   dropout_rate: float = 0.5  # after fc6 and fc7, as VGG's classifier
-  upsample: str = 'transpose'  # 'transpose' (bilinear-initialised) | 'bilinear' | 'nearest'
+  upsample: str = 'transpose'  # 'transpose' (bilinear kernel) | 'bilinear' | 'nearest' (resize)
+  # Multipliers of pool4 and pool3 before their scorers: the at-once net's fixed Scale layers.
+  skip_scale: Sequence[float] = (0.01, 1e-4)
+  learned_upsampling: bool = False  # the reference's deconvolutions are frozen (lr_mult 0)
   num_classes: int = 21  # PASCAL VOC: 20 classes + background
   dtype: Any = jnp.float32
   norm_axis_name: str | None = None  # for a BatchNorm backbone ('vgg16_bn')
@@ -93,7 +108,14 @@ class FCN(nn.Module):
     score = partial(
       Conv, self.num_classes, (1, 1), dtype=self.dtype, kernel_init=nn.initializers.zeros
     )
-    up = partial(Upsample, self.num_classes, mode=self.upsample, dtype=self.dtype)
+    up = partial(
+      Upsample,
+      self.num_classes,
+      mode=self.upsample,
+      learned=self.learned_upsampling,
+      dtype=self.dtype,
+    )
+    scale_pool4, scale_pool3 = self.skip_scale
     dropout = partial(nn.Dropout, self.dropout_rate, deterministic=not train)
 
     k = self.fc6_kernel
@@ -109,13 +131,13 @@ class FCN(nn.Module):
     else:
       pool4 = feats['pool4']  # (B, H/16, W/16, 512)
       y = up(2, name='upscore2')(y, pool4.shape[1:3])
-      y = y + score(name='score_pool4')(pool4)
+      y = y + score(name='score_pool4')(pool4 * scale_pool4)
       if self.variant == '16s':
         y = up(16, name='upscore16')(y, (h, w))
       else:
         pool3 = feats['pool3']  # (B, H/8, W/8, 256)
         y = up(2, name='upscore_pool4')(y, pool3.shape[1:3])
-        y = y + score(name='score_pool3')(pool3)
+        y = y + score(name='score_pool3')(pool3 * scale_pool3)
         y = up(8, name='upscore8')(y, (h, w))
     # Logits in float32 so that softmax / cross-entropy stay accurate under bf16 compute.
     return jnp.asarray(y, jnp.float32)  # (B, H, W, classes)
@@ -138,6 +160,10 @@ class FCN(nn.Module):
       raise UserError(f'FCN.variant={self.variant!r}; expected one of {VARIANTS}')
     if self.upsample not in UPSAMPLE_MODES:
       raise UserError(f'FCN.upsample={self.upsample!r}; expected one of {UPSAMPLE_MODES}')
+    if len(self.skip_scale) != 2:
+      raise UserError(
+        f'FCN.skip_scale={tuple(self.skip_scale)}; expected two multipliers (pool4, pool3)'
+      )
     if self.fc6_kernel < 1 or self.fc6_kernel % 2 == 0:
       raise UserError(f'FCN.fc6_kernel={self.fc6_kernel}; expected an odd size (SAME padding)')
     if not 0.0 <= self.dropout_rate < 1.0:

@@ -11,6 +11,10 @@ Two ways to grow a feature map by an integer factor, selected by `Upsample.mode`
   `align_corners=False`), then a stride-1 conv: Odena et al.'s "resize-convolution", whose
   every output pixel sees the same number of taps, so no checkerboard by construction.
 
+`learned=False` makes either mode a fixed interpolation without parameters: 'transpose' becomes a
+per-channel transposed conv with the constant bilinear kernel (Caffe FCN's Deconvolution layers
+with lr_mult 0), the resize modes a plain resize (no conv after it).
+
 Both end exactly at the requested size: the transposed conv's output ((n - 1) * f + k pixels) is
 cropped to `target_hw` starting at (k - f) // 2, as the Caffe 'crop' layer does for FCN (with
 k = 2f the crop is f / 2 on each side, which puts input pixel i's centre where bilinear resizing
@@ -55,6 +59,28 @@ def _identity_kernel(size: int, channels: int) -> np.ndarray:
   return kernel
 
 
+def bilinear_transpose(x: jax.Array, factor: int, size: int) -> jax.Array:
+  """A stride-`factor` transposed conv of NHWC `x` with `bilinear_kernel(size, C)`, no parameters.
+
+  Each channel separately (C times fewer multiply-adds than the dense (size, size, C, C) kernel,
+  whose off-diagonal entries are zero): the input dilated by `factor` and padded by size - 1 on
+  each side, convolved with the tent, gives (B, (h - 1) * factor + size, ..., C) as ConvTranspose
+  with 'VALID' padding does. The tent is symmetric, so correlation and convolution agree.
+  """
+  channels = x.shape[-1]
+  tent = bilinear_kernel(size, 1)  # (size, size, 1, 1)
+  kernel = jnp.asarray(np.tile(tent, (1, 1, 1, channels)), x.dtype)  # (size, size, 1, C)
+  return jax.lax.conv_general_dilated(
+    x,
+    kernel,
+    window_strides=(1, 1),
+    padding=((size - 1, size - 1), (size - 1, size - 1)),
+    lhs_dilation=(factor, factor),
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    feature_group_count=channels,
+  )
+
+
 def resize(x: jax.Array, hw: Sequence[int], method: str = 'bilinear') -> jax.Array:
   """NHWC `x` resized to `hw` (torch's `interpolate(..., align_corners=False)` for upsampling)."""
   return jax.image.resize(x, (x.shape[0], *hw, x.shape[-1]), method=method)
@@ -68,7 +94,8 @@ class Upsample(nn.Module):
   kernel maps channel c to channel c only); it initialises the transposed conv to bilinear
   interpolation (`bilinear_kernel`, Caffe FCN's init; an interpolation only for kernel 2 * factor)
   and the conv after a resize to the identity, so either way the layer starts as a plain
-  interpolation. Otherwise kernels start from `kernel_init`.
+  interpolation. Otherwise kernels start from `kernel_init`. `learned=False`: no parameters, the
+  layer is the fixed interpolation itself (bilinear kernel or plain resize), channels unchanged.
   """
 
   features: int
@@ -79,6 +106,7 @@ class Upsample(nn.Module):
   use_bias: bool = False  # FCN's deconvolutions have none; U-Net's up-convs do
   kernel_init: Initializer = conv_kernel_init
   dtype: Any = jnp.float32
+  learned: bool = True  # False: fixed interpolation, no parameters (FCN's frozen deconvolutions)
 
   @nn.compact
   def __call__(self, x: jax.Array, target_hw: Sequence[int] | None = None) -> jax.Array:
@@ -88,7 +116,7 @@ class Upsample(nn.Module):
     th, tw = target_hw if target_hw is not None else (h * self.factor, w * self.factor)
     k = self.kernel_size or (2 * self.factor if self.mode == 'transpose' else 3)
     init = self.kernel_init
-    if self.bilinear_init:
+    if self.bilinear_init and self.learned:
       fixed = bilinear_kernel(k, self.features) if self.mode == 'transpose' else None
       fixed = _identity_kernel(k, self.features) if fixed is None else fixed
 
@@ -97,6 +125,8 @@ class Upsample(nn.Module):
 
     if self.mode != 'transpose':
       x = resize(jnp.asarray(x, self.dtype), (th, tw), self.mode)  # (B, th, tw, C)
+      if not self.learned:
+        return x
       conv = Conv(
         self.features,
         (k, k),
@@ -108,16 +138,19 @@ class Upsample(nn.Module):
       )
       return conv(x)
 
-    y = ConvTranspose(
-      self.features,
-      (k, k),
-      strides=(self.factor, self.factor),
-      padding='VALID',
-      use_bias=self.use_bias,
-      kernel_init=init,
-      dtype=self.dtype,
-      name='deconv',
-    )(x)  # (B, (h - 1) * f + k, (w - 1) * f + k, features)
+    if self.learned:
+      y = ConvTranspose(
+        self.features,
+        (k, k),
+        strides=(self.factor, self.factor),
+        padding='VALID',
+        use_bias=self.use_bias,
+        kernel_init=init,
+        dtype=self.dtype,
+        name='deconv',
+      )(x)  # (B, (h - 1) * f + k, (w - 1) * f + k, features)
+    else:
+      y = bilinear_transpose(jnp.asarray(x, self.dtype), self.factor, k)  # same shape
     offset = max(k - self.factor, 0) // 2
     if y.shape[1] - offset < th or y.shape[2] - offset < tw:
       raise UserError(
@@ -132,6 +165,11 @@ class Upsample(nn.Module):
     if self.factor < 1 or (self.kernel_size is not None and self.kernel_size < 1):
       raise UserError(
         f'Upsample needs factor >= 1 and kernel_size >= 1, got {self.factor}, {self.kernel_size}'
+      )
+    if not self.learned and x.shape[-1] != self.features:
+      raise UserError(
+        f'Upsample(learned=False) interpolates each channel, so it needs as many input as '
+        f'output channels (got {x.shape[-1]} -> {self.features})'
       )
     if self.bilinear_init and x.shape[-1] != self.features:
       raise UserError(
