@@ -4,15 +4,19 @@ learn on digits 0-5, recognise and verify digits 6-9 from one example each, no d
   python main.py --config=configs/triplet.py --workdir=runs/triplet_digits
   --config.triplet.mining=hard            batch-hard mining (Hermans et al. 2017); or 'all'
   --config.triplet.margin=0.5             the notes' alpha (embeddings are on the unit sphere)
+  --config.triplet.p=2                    P x K batches: P classes x K = batch_size / P images
+  --config.triplet.sampler=shuffle        random batches (permuted epochs) instead of P x K
 
 The encoder f(x) is a ResNet-20's pooled features and a linear layer to a 64-d embedding on the
 unit sphere; the loss is the in-batch triplet loss max(d(A,P) - d(A,N) + alpha, 0) with squared
-distances over the triplets the mining picks in each batch. Evaluation (summary.json) uses the
-test images only: the distance threshold that best separates same/different pairs of the
-training classes (test_seen_verification_accuracy, test_threshold), then on the held-out classes,
-with one reference image per class drawn 20 times: test_one_shot_accuracy (the nearest reference
-has the query's class; chance 1/4 for 4 classes) and test_verification_accuracy (d <= threshold
-iff same class, over all query-reference pairs), true and false accept rates.
+distances over the triplets the mining picks in each batch. Each training batch holds P = 4 of
+the 6 training classes x K = 32 images (Hermans et al. 2017), K / devices of each class on every
+device. Evaluation (summary.json) uses the test images only: the distance threshold that best
+separates same/different pairs of the training classes (test_seen_verification_accuracy,
+test_threshold), then on the held-out classes, with one reference image per class drawn 20 times:
+test_one_shot_accuracy (the nearest reference has the query's class; chance 1/4 for 4 classes)
+and test_verification_accuracy (d <= threshold iff same class, over all query-reference pairs),
+true and false accept rates.
 """
 
 import ml_collections
@@ -31,6 +35,15 @@ def add_triplet_fields(config: ml_collections.ConfigDict) -> None:
   t.mining = 'all'
   t.squared = True  # squared Euclidean distances, as in the notes
   t.trials = 20  # draws of the one reference image per held-out class
+  # 'pk': each batch is P classes x K images (Hermans et al. 2017), so that every anchor has
+  # positives and negatives whatever the number of classes, which 'hard' and 'semi-hard' mining
+  # need (random batches over many classes hold almost no positives); 'shuffle': the permuted
+  # epochs of every other task (the sampler before issue 24).
+  t.sampler = 'pk'
+  t.p = 4  # classes per batch
+  # images per class: batch_size = P * K, so K follows --config.batch_size and --config.triplet.p
+  # (set it with the batch size to override).
+  t.k = config.get_ref('batch_size') // t.get_ref('p')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

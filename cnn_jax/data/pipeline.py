@@ -179,12 +179,15 @@ def train_iterator(
   augment: Any = None,
   process_index: int = 0,
   process_count: int = 1,
+  index_of: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[Batch]:
   """This host's share of the training batches for steps start_step .. num_steps - 1.
 
   `augment`: config.augment (crop, flip, color_shift; `augment_options`), None or all None the
   dataset's default. `randaugment` (N, M on 0..30): RandAugment noise on top of that
-  (classification only; None or () off, the batches then unchanged).
+  (classification only; None or () off, the batches then unchanged). `index_of`: global
+  positions -> train example indices, a pure function called from two threads (the triplet
+  task's P x K batches, metric_learning.pk_index); None: the permuted epochs above.
   """
   randaugment = check_randaugment(randaugment, data.spec, data.name)
   options = augment_options(data.spec, augment)
@@ -194,7 +197,7 @@ def train_iterator(
     _batches,
     data.train,
     lambda s: s * global_batch + mine,
-    _TrainIndex(seed, n),
+    _TrainIndex(seed, n) if index_of is None else index_of,
     range(start_step, num_steps),
     len(mine),
     0,
@@ -209,7 +212,7 @@ def train_iterator(
     augment=options,
   )
   batches = _to_tf(gen, len(mine), pre, seed, data.spec, codec_of(data.spec)).as_numpy_iterator()
-  index = _TrainIndex(seed, n)
+  index = _TrainIndex(seed, n) if index_of is None else index_of
   steps = range(start_step, num_steps)
   return name_corrupt_images(
     batches, data, data.train, 'train', lambda s: index(s * global_batch + mine), steps

@@ -1,6 +1,7 @@
 """Metric learning with the triplet loss, evaluated as one-shot recognition on held-out classes."""
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import jax
@@ -12,6 +13,9 @@ from cnn_jax.core.errors import UserError
 from cnn_jax.core.parallel import AXIS
 from cnn_jax.ops import metric_learning
 from cnn_jax.tasks.base import Batch, Task, TaskSetup, valid_rows
+
+# 'pk': P classes x K images per batch (Hermans et al. 2017); 'shuffle': permuted epochs.
+SAMPLERS = ('pk', 'shuffle')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +32,12 @@ class Triplet(Task):
   best (metric_learning.best_threshold); one-shot recognition and verification are then measured
   on the held-out classes with one reference image each, drawn `trials` times (seeds 0, 1, ...):
   the means over the draws are reported.
+
+  Training batches (`sampler`): 'pk', P x K batches (Hermans et al. 2017: `p` classes x `k`
+  images, metric_learning.pk_batch_indices), each device holding k / devices images of every one
+  of the p classes, so that every anchor has positives and negatives to mine; 'shuffle', the
+  permuted epochs every other task trains on (a batch may then hold an anchor without a
+  positive). Either way the batches of step s are a pure function of (seed, s).
   """
 
   num_classes: int  # the training (seen) classes
@@ -35,6 +45,9 @@ class Triplet(Task):
   mining: str = 'semi-hard'
   squared: bool = True
   trials: int = 20
+  sampler: str = 'pk'
+  p: int = 4
+  k: int = 32
   model_kind: ClassVar[str] = 'embedding'
   primary_metric: ClassVar[str] = 'one_shot_accuracy'
   held_out_classes: ClassVar[bool] = True
@@ -52,9 +65,49 @@ class Triplet(Task):
         f'config.triplet: mining={t.mining!r}, margin={t.margin}, trials={t.trials}; expected '
         f'mining one of {", ".join(metric_learning.MINING)}, margin >= 0, trials >= 1'
       )
+    if t.sampler not in SAMPLERS:
+      raise UserError(f'config.triplet.sampler={t.sampler!r}; use one of {", ".join(SAMPLERS)}')
+    batch_size = setup.config.batch_size
+    if t.sampler == 'pk':
+      if t.p * t.k != batch_size:
+        raise UserError(
+          f'config.triplet: P x K = {t.p} x {t.k} = {t.p * t.k} images but '
+          f'config.batch_size={batch_size}; a P x K batch needs batch_size = P * K (set '
+          "config.triplet.k and config.batch_size together, or config.triplet.sampler='shuffle')"
+        )
+      if not 2 <= t.p <= setup.num_classes or t.k < 2:
+        raise UserError(
+          f'config.triplet: P={t.p}, K={t.k}; a P x K batch needs 2 <= P <= '
+          f'{setup.num_classes} (the training classes) and K >= 2'
+        )
     return cls(
-      setup.num_classes, margin=t.margin, mining=t.mining, squared=t.squared, trials=t.trials
+      setup.num_classes,
+      margin=t.margin,
+      mining=t.mining,
+      squared=t.squared,
+      trials=t.trials,
+      sampler=t.sampler,
+      p=t.p,
+      k=t.k,
     )
+
+  def train_batches(
+    self, data: Any, *, num_local_devices: int, **options: Any
+  ) -> Iterator[dict[str, np.ndarray]]:
+    """P x K batches (sampler 'pk'), each host reading its rows; else the shuffled epochs."""
+    if self.sampler != 'pk':
+      return super().train_batches(data, num_local_devices=num_local_devices, **options)
+    from cnn_jax import data as data_lib
+
+    index_of = metric_learning.pk_index(
+      data_lib.datasets.source_labels(data.train),
+      classes_per_batch=self.p,
+      images_per_class=self.k,
+      seed=options['seed'],
+      shards=options.get('process_count', 1) * num_local_devices,
+    )
+    index_of(np.zeros(1, np.int64))  # a bad P, K or device count fails here, not in tf.data
+    return data_lib.train_iterator(data, index_of=index_of, **options)
 
   def _sums(self, embeddings: jax.Array, batch: Batch) -> metric_learning.TripletSums:
     return metric_learning.triplet_mining_sums(
