@@ -12,6 +12,7 @@ from cnn_jax import models
 from cnn_jax.core.errors import UserError
 from cnn_jax.models.encoder import Encoder, encoder
 from cnn_jax.ops import metric_learning as ml
+from cnn_jax.ops import pk_batches
 
 # ---------------------------------------------------------------------------------------------
 # NumPy references: one loop per anchor, positive, negative.
@@ -276,7 +277,7 @@ def test_pk_batches_hold_p_classes_of_k_images_and_depend_on_seed_and_step_only(
   kw = dict(classes_per_batch=4, images_per_class=3)
   seen = set()
   for step in range(30):
-    idx = ml.pk_batch_indices(labels, seed=1, step=step, **kw)
+    idx = pk_batches.pk_batch_indices(labels, seed=1, step=step, **kw)
     assert idx.shape == (12,) and idx.dtype == np.int64
     blocks = labels[idx].reshape(4, 3)
     assert (blocks == blocks[:, :1]).all()  # class-contiguous: K of one class, then the next
@@ -285,19 +286,19 @@ def test_pk_batches_hold_p_classes_of_k_images_and_depend_on_seed_and_step_only(
       if c != 5:
         assert len(set(block.tolist())) == 3  # without replacement where the class has K
     seen.update(blocks[:, 0].tolist())
-    np.testing.assert_array_equal(idx, ml.pk_batch_indices(labels, seed=1, step=step, **kw))
+    np.testing.assert_array_equal(idx, pk_batches.pk_batch_indices(labels, seed=1, step=step, **kw))
   assert seen == set(range(6))
-  a, b = (ml.pk_batch_indices(labels, seed=1, step=s, **kw) for s in (0, 1))
-  c = ml.pk_batch_indices(labels, seed=2, step=0, **kw)
+  a, b = (pk_batches.pk_batch_indices(labels, seed=1, step=s, **kw) for s in (0, 1))
+  c = pk_batches.pk_batch_indices(labels, seed=2, step=0, **kw)
   assert not np.array_equal(a, b) and not np.array_equal(a, c)
 
 
 def test_pk_batch_rejects_impossible_requests():
   labels = np.repeat(np.arange(3), 4)
   with pytest.raises(UserError, match='classes_per_batch=5 but the data holds 3 classes'):
-    ml.pk_batch_indices(labels, classes_per_batch=5, images_per_class=2, seed=0, step=0)
+    pk_batches.pk_batch_indices(labels, classes_per_batch=5, images_per_class=2, seed=0, step=0)
   with pytest.raises(UserError, match='images_per_class >= 2'):
-    ml.pk_batch_indices(labels, classes_per_batch=2, images_per_class=1, seed=0, step=0)
+    pk_batches.pk_batch_indices(labels, classes_per_batch=2, images_per_class=1, seed=0, step=0)
 
 
 # ---------------------------------------------------------------------------------------------

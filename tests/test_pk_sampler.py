@@ -10,7 +10,7 @@ import pytest
 
 from cnn_jax import data, train
 from cnn_jax.core.errors import UserError
-from cnn_jax.ops import metric_learning as ml
+from cnn_jax.ops import pk_batches
 from configs import triplet as triplet_config
 
 
@@ -55,20 +55,22 @@ def _batches(exp, start_step=0, **options):
 def test_pk_indices_give_every_shard_k_over_shards_images_of_each_class():
   labels = np.repeat(np.arange(6), [10, 3, 7, 8, 9, 12])  # class 1 has fewer than K: repeats
   for step in range(5):
-    idx = ml.pk_batch_indices(
+    idx = pk_batches.pk_batch_indices(
       labels, classes_per_batch=4, images_per_class=8, seed=3, step=step, shards=4
     )
     shards = labels[idx].reshape(4, 4, 2)  # (shard, class, K / shards)
     assert (shards == shards[:1, :, :1]).all()  # each shard: the same 4 classes, 2 images each
     assert np.unique(shards[0, :, 0]).size == 4
     # The same images as the class-contiguous batch, reordered.
-    flat = ml.pk_batch_indices(labels, classes_per_batch=4, images_per_class=8, seed=3, step=step)
+    flat = pk_batches.pk_batch_indices(
+      labels, classes_per_batch=4, images_per_class=8, seed=3, step=step
+    )
     np.testing.assert_array_equal(np.sort(idx), np.sort(flat))
 
 
 def test_pk_indices_reject_k_that_does_not_split_over_devices():
   with pytest.raises(UserError, match='K=6 must split over 4 device') as e:
-    ml.pk_batch_indices(
+    pk_batches.pk_batch_indices(
       np.arange(20) % 4, classes_per_batch=2, images_per_class=6, seed=0, step=0, shards=4
     )
   assert '\n' not in str(e.value)
@@ -76,11 +78,11 @@ def test_pk_indices_reject_k_that_does_not_split_over_devices():
 
 def test_pk_index_maps_positions_to_rows_of_each_step():
   labels = np.arange(30) % 5
-  index_of = ml.pk_index(labels, classes_per_batch=3, images_per_class=4, seed=1, shards=2)
+  index_of = pk_batches.pk_index(labels, classes_per_batch=3, images_per_class=4, seed=1, shards=2)
   positions = np.arange(36)  # steps 0, 1, 2 of batch 12
   out = index_of(positions)
   for step in range(3):
-    want = ml.pk_batch_indices(
+    want = pk_batches.pk_batch_indices(
       labels, classes_per_batch=3, images_per_class=4, seed=1, step=step, shards=2
     )
     np.testing.assert_array_equal(out[step * 12 : (step + 1) * 12], want)

@@ -187,7 +187,7 @@ def train_iterator(
   dataset's default. `randaugment` (N, M on 0..30): RandAugment noise on top of that
   (classification only; None or () off, the batches then unchanged). `index_of`: global
   positions -> train example indices, a pure function called from two threads (the triplet
-  task's P x K batches, metric_learning.pk_index); None: the permuted epochs above.
+  task's P x K batches, pk_batches.pk_index); None: the permuted epochs above.
   """
   randaugment = check_randaugment(randaugment, data.spec, data.name)
   options = augment_options(data.spec, augment)

@@ -11,7 +11,7 @@ from jax import lax
 
 from cnn_jax.core.errors import UserError
 from cnn_jax.core.parallel import AXIS
-from cnn_jax.ops import metric_learning
+from cnn_jax.ops import metric_learning, pk_batches
 from cnn_jax.tasks.base import Batch, Task, TaskSetup, valid_rows
 
 # 'pk': P classes x K images per batch (Hermans et al. 2017); 'shuffle': permuted epochs.
@@ -34,7 +34,7 @@ class Triplet(Task):
   the means over the draws are reported.
 
   Training batches (`sampler`): 'pk', P x K batches (Hermans et al. 2017: `p` classes x `k`
-  images, metric_learning.pk_batch_indices), each device holding k / devices images of every one
+  images, pk_batches.pk_batch_indices), each device holding k / devices images of every one
   of the p classes, so that every anchor has positives and negatives to mine; 'shuffle', the
   permuted epochs every other task trains on (a batch may then hold an anchor without a
   positive). Either way the batches of step s are a pure function of (seed, s).
@@ -99,7 +99,7 @@ class Triplet(Task):
       return super().train_batches(data, num_local_devices=num_local_devices, **options)
     from cnn_jax import data as data_lib
 
-    index_of = metric_learning.pk_index(
+    index_of = pk_batches.pk_index(
       data_lib.datasets.source_labels(data.train),
       classes_per_batch=self.p,
       images_per_class=self.k,
