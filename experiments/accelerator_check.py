@@ -28,7 +28,7 @@ Rows (`--rows`, in this order; each a fresh process, so each compiles cold):
 
 The table goes to stdout and, with every raw number, to <out_dir>/accelerator_check.{json,md}
 (after each row, so a run stopped at a time limit keeps what it measured). This parent process
-never imports JAX: the device is probed in a child, so nothing here holds accelerator memory.
+starts no JAX backend: the device is probed in a child, so nothing here holds accelerator memory.
 `--tiny` runs the same rows with tiny models, small images and a few steps: what
 tests/test_accelerator_check.py runs on the CPU, so the script cannot rot between GPU sessions.
 """
@@ -288,72 +288,39 @@ class Runner:
     }
 
   def export_row(self, workdir: str) -> dict[str, Any]:
-    flags = [
-      f'--config={self.models["resnet50"].config}',
-      f'--workdir={workdir}',
-      '--mode=export',
-      '--export_format=stablehlo',
-    ]
-    # The trained run's own config (the export compares it with config.json); same overrides.
-    flags += [f for f in self._run_flags(workdir) if f.startswith('--config.')]
-    print('$', 'python main.py', *flags, flush=True)
-    t0 = time.perf_counter()
-    done = subprocess.run(
-      [sys.executable, 'main.py', *flags],
-      cwd=common.ROOT,
-      env=self.env(),
-      capture_output=True,
-      text=True,
-      timeout=self.args.timeout,
-    )
-    if done.returncode:
-      raise RuntimeError(f'export exited {done.returncode}: {done.stderr.strip()[-1500:]}')
-    with open(os.path.join(workdir, 'export', 'export.json')) as f:
+    """`--mode=export --export_format=stablehlo` of the resnet50 row's run."""
+    a = self.args
+    # The trained run's own overrides: the export compares its config with config.json.
+    trained = self.flags('resnet50', workdir, a.steps, a.log_every, a.steps)
+    flags = [*trained[:2], '--mode=export', '--export_format=stablehlo', *trained[2:]]
+    seconds = self.main_py(flags, self.env())
+    folder = os.path.join(workdir, 'export')
+    with open(os.path.join(folder, 'export.json')) as f:
       info = json.load(f)
+    files = [os.path.join(folder, n) for n in os.listdir(folder)]
     return {
       'row': 'export',
       'format': info.get('format'),
       'platforms': info.get('platforms'),
       'max_abs_diff': info.get('max_abs_diff'),
-      'bytes': sum(
-        os.path.getsize(os.path.join(workdir, 'export', n))
-        for n in os.listdir(os.path.join(workdir, 'export'))
-        if os.path.isfile(os.path.join(workdir, 'export', n))
-      ),
-      'command_seconds': round(time.perf_counter() - t0, 1),
+      'bytes': sum(os.path.getsize(f) for f in files if os.path.isfile(f)),
+      'command_seconds': seconds,
     }
 
-  def _run_flags(self, workdir: str) -> list[str]:
-    a = self.args
-    return self.flags('resnet50', workdir, a.steps, a.log_every, a.steps)
-
   def compile_row(self) -> dict[str, Any]:
-    """Cold compiles of the trainer's step and of the bare jit step, each in a fresh process."""
+    """Cold compiles of the trainer's step and of the bare jit step, each in a fresh process
+    (experiments.benchmark's cold-compile child)."""
+    from experiments.benchmark.cold_compile import bench_cold_compile  # imports JAX, starts none
+
     m = self.models['resnet50']
     out = {'row': 'compile', 'model': m.model, 'batch': m.batch, 'image_size': m.image_size}
     dtype = 'bfloat16' if self.args.precision == 'bf16' else 'float32'
     for step in ('trainer', 'bare'):
-      cmd = [
-        sys.executable,
-        '-m',
-        'experiments.benchmark',
-        f'--cold_compile_child={m.model}',
-        f'--batch_sizes={m.batch}',
-        f'--image_size={m.image_size}',
-        f'--dtype={dtype}',
-        f'--cold_compile_step={step}',
-      ]
-      print('$', *cmd[1:], flush=True)
-      env = dict(self.env(), XLA_PYTHON_CLIENT_PREALLOCATE='false')
-      done = subprocess.run(
-        cmd, cwd=common.ROOT, env=env, capture_output=True, text=True, timeout=self.args.timeout
-      )
-      lines = [s for s in done.stdout.splitlines() if s.startswith('COLD_COMPILE ')]
-      if done.returncode or not lines:
-        raise RuntimeError(f'cold compile ({step}) failed: {done.stderr.strip()[-1500:]}')
-      timing = json.loads(lines[-1].split(' ', 1)[1])
-      out[f'{step}_seconds'] = round(timing['lower_s'] + timing['xla_compile_s'], 2)
-      out[f'{step}_lower_seconds'] = round(timing['lower_s'], 2)
+      row = bench_cold_compile(m.model, m.batch, m.image_size, dtype, {'device': ''}, step)
+      if 'status' in row:
+        raise RuntimeError(f'cold compile ({step}) {row["status"]}')
+      out[f'{step}_seconds'] = round(row['train_step_compile_s'], 2)
+      out[f'{step}_lower_seconds'] = round(row['lower_s'], 2)
     out['trainer_over_bare'] = round(out['trainer_seconds'] / out['bare_seconds'], 2)
     return out
 
